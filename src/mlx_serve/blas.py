@@ -1,0 +1,69 @@
+"""Load an optimized BLAS before MLX on Linux.
+
+The Linux `mlx[cpu]` wheel links the netlib reference BLAS it bundles (about 5 GFLOP/s for an fp32
+matmul). Loading OpenBLAS into the process with RTLD_GLOBAL before the first `import mlx.core` makes
+MLX resolve its BLAS symbols there instead: some 30x faster. This must run before MLX is imported,
+so it reads only the environment (`MLX_SERVE_BLAS`: a library path, or `off`), never the settings tree.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_VAR = "MLX_SERVE_BLAS"
+
+# Where distributions put a pthread OpenBLAS that exports the standard BLAS/CBLAS symbols.
+CANDIDATES = (
+    "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3",
+    "/usr/lib/aarch64-linux-gnu/openblas-pthread/libblas.so.3",
+    "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
+    "/usr/lib/aarch64-linux-gnu/libopenblas.so.0",
+    "/usr/lib64/libopenblas.so.0",
+    "/usr/lib64/libopenblasp.so.0",
+    "/usr/lib/libopenblas.so.0",
+)
+
+HINT = (
+    "MLX is using its bundled reference BLAS, which is about 30x slower on CPU. "
+    "Install OpenBLAS (Debian/Ubuntu: `sudo apt-get install libopenblas0-pthread`) "
+    f"or point {ENV_VAR} at a BLAS library."
+)
+
+
+@dataclass(frozen=True)
+class BlasStatus:
+    """What `preload` did: the library loaded, or why none was."""
+
+    path: str | None
+    reason: str
+
+    @property
+    def needs_warning(self) -> bool:
+        return self.path is None and self.reason == "not found"
+
+
+def preload() -> BlasStatus:
+    if platform.system() != "Linux":
+        return BlasStatus(None, "not needed on this platform")
+    if "mlx.core" in sys.modules:
+        return BlasStatus(None, "mlx was imported first")
+    wanted = os.environ.get(ENV_VAR, "auto").strip()
+    if wanted.lower() in {"off", "none", "0", "false"}:
+        return BlasStatus(None, f"disabled by {ENV_VAR}")
+    candidates = CANDIDATES if wanted.lower() in {"", "auto"} else (wanted,)
+    for candidate in candidates:
+        if Path(candidate).exists():
+            try:
+                ctypes.CDLL(candidate, mode=ctypes.RTLD_GLOBAL)
+            except OSError as exc:
+                return BlasStatus(None, f"could not load {candidate}: {exc}")
+            return BlasStatus(candidate, "loaded")
+    return BlasStatus(None, "not found")
+
+
+STATUS = preload()

@@ -1,0 +1,68 @@
+"""Pooling token states into one vector, and L2 normalisation, as sentence-transformers does them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import mlx.core as mx
+
+Mode = Literal["mean", "cls", "last", "max"]
+
+
+@dataclass(frozen=True)
+class PoolingConfig:
+    mode: Mode
+    normalize: bool
+
+    @classmethod
+    def from_sentence_transformers(cls, model_dir: Path, default: Mode = "mean") -> PoolingConfig:
+        """Read modules.json and the Pooling module's config; without them, `default` and normalise."""
+        modules_file = model_dir / "modules.json"
+        if not modules_file.exists():
+            return cls(default, True)
+        modules = json.loads(modules_file.read_text())
+        mode: Mode = default
+        normalize = False
+        for module in modules:
+            kind = module.get("type", "")
+            if kind.endswith("Pooling"):
+                cfg_file = model_dir / module.get("path", "") / "config.json"
+                if cfg_file.exists():
+                    mode = _mode_from(json.loads(cfg_file.read_text()), default)
+            elif kind.endswith("Normalize"):
+                normalize = True
+        return cls(mode, normalize)
+
+
+def _mode_from(cfg: dict, default: Mode) -> Mode:
+    if "pooling_mode" in cfg:  # newer sentence-transformers write the mode by name
+        return {"mean": "mean", "cls": "cls", "lasttoken": "last", "max": "max"}.get(cfg["pooling_mode"], default)
+    for key, mode in (
+        ("pooling_mode_cls_token", "cls"),
+        ("pooling_mode_mean_tokens", "mean"),
+        ("pooling_mode_lasttoken", "last"),
+        ("pooling_mode_max_tokens", "max"),
+    ):
+        if cfg.get(key):
+            return mode  # type: ignore[return-value]
+    return default
+
+
+def pool(hidden: mx.array, mask: mx.array, lengths: mx.array, mode: Mode) -> mx.array:
+    """hidden (B, L, D); mask (B, L) of 1/0 for right-padded batches; lengths (B,)."""
+    if mode == "cls":
+        return hidden[:, 0]
+    if mode == "last":
+        return mx.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1)[:, 0]
+    m = mask[..., None].astype(hidden.dtype)
+    if mode == "max":
+        return mx.max(mx.where(m > 0, hidden, mx.array(-1e9, hidden.dtype)), axis=1)
+    return (hidden * m).sum(axis=1) / mx.maximum(m.sum(axis=1), 1e-9)
+
+
+def l2_normalize(x: mx.array) -> mx.array:
+    # Same epsilon as torch.nn.functional.normalize, which sentence-transformers uses.
+    return x / mx.maximum(mx.linalg.norm(x, axis=-1, keepdims=True), 1e-12)

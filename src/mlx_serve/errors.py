@@ -1,0 +1,79 @@
+"""Errors in OpenAI's shape, `{"error": {"message", "type", "code", "param"}}`, for every failure path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+
+from mlx_serve.logs import get_logger
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    503: "server_error",
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, code: str, param: str | None = None, kind: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.kind = kind or _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.kind, "code": self.code, "param": self.param}}
+
+
+def bad_request(message: str, code: str = "invalid_request", param: str | None = None) -> ApiError:
+    return ApiError(400, message, code, param)
+
+
+def model_not_found(name: str) -> ApiError:
+    return ApiError(
+        404, f"The model {name!r} does not exist. `GET /v1/models` lists the models.", "model_not_found", "model"
+    )
+
+
+def _send(resp: falcon.Response, error: ApiError) -> None:
+    resp.status = error.status
+    resp.media = error.body()
+
+
+def handle_api_error(req: falcon.Request, resp: falcon.Response, ex: ApiError, params: dict) -> None:
+    _send(resp, ex)
+
+
+def handle_http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError, params: dict) -> None:
+    """Falcon's own errors (unknown route, wrong method, ...) in the same shape as ours."""
+    headers = ex.headers or {}
+    if ex.status_code == 404:
+        error = ApiError(404, f"No route for {req.path}.", "not_found")
+    elif ex.status_code == 405:
+        allowed = headers.get("Allow", "")
+        error = ApiError(405, f"{req.method} is not allowed on {req.path}; use {allowed}.", "method_not_allowed")
+    else:
+        code = "".join(c if c.isalnum() else "_" for c in (ex.title or "error").lower()).strip("_0123456789")
+        error = ApiError(ex.status_code, ex.description or ex.title or "error", code or "error")
+    _send(resp, error)
+    for name, value in headers.items():
+        resp.set_header(name, value)
+
+
+def handle_unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception, params: dict) -> None:
+    """Anything else: logged with its traceback, answered with a 500 that names the request id only."""
+    get_logger().exception("unhandled_error", path=req.path)
+    rid = getattr(req.context, "request_id", "")
+    _send(resp, ApiError(500, f"Internal server error (request id {rid}).", "internal_error", kind="server_error"))
+
+
+def install(app: falcon.App) -> None:
+    app.add_error_handler(Exception, handle_unexpected)
+    app.add_error_handler(falcon.HTTPError, handle_http_error)
+    app.add_error_handler(ApiError, handle_api_error)

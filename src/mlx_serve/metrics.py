@@ -1,0 +1,41 @@
+"""Prometheus metrics. Each app gets its own registry, so tests and several apps never share counters."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "mlx_serve_requests", "HTTP requests by route, method and status", ["route", "method", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "mlx_serve_request_duration_seconds",
+            "HTTP request latency by route and status",
+            ["route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter("mlx_serve_tokens", "Tokens processed, by model", ["model"], registry=r)
+        self.inputs = Counter(
+            "mlx_serve_inputs", "Inputs (texts or token arrays) processed, by model", ["model"], registry=r
+        )
+        self.inference_seconds = Histogram(
+            "mlx_serve_inference_seconds",
+            "Time on the inference thread per request, by model",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.models_loaded = Gauge("mlx_serve_models_loaded", "Models in memory", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,53 @@
+"""POST /v1/embeddings, OpenAI-compatible."""
+
+from __future__ import annotations
+
+import base64
+
+import falcon
+import numpy as np
+
+from mlx_serve.engine import InputError
+from mlx_serve.errors import ApiError, bad_request, model_not_found
+from mlx_serve.resources.body import read_json_object
+from mlx_serve.runtime import InvalidRequest, ModelNotFound, Overloaded, Runtime
+from mlx_serve.schemas import parse_embedding_request
+from mlx_serve.store import InvalidNameError
+
+
+class EmbeddingsResource:
+    def __init__(self, runtime: Runtime, max_request_bytes: int, max_inputs: int) -> None:
+        self.runtime = runtime
+        self.max_request_bytes = max_request_bytes
+        self.max_inputs = max_inputs
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        request = parse_embedding_request(read_json_object(req, self.max_request_bytes), self.max_inputs)
+        req.context.model = request.model
+        try:
+            result = self.runtime.embed(request.model, request.input, request.dimensions)
+        except (ModelNotFound, InvalidNameError):
+            raise model_not_found(request.model) from None
+        except InputError as exc:
+            raise bad_request(str(exc), "invalid_input", "input") from None
+        except InvalidRequest as exc:
+            raise bad_request(str(exc), f"invalid_{exc.param}", exc.param) from None
+        except Overloaded as exc:
+            raise ApiError(503, f"The server is busy: {exc}. Retry later.", "overloaded") from None
+        tokens = sum(result.embeddings.token_counts)
+        req.context.tokens = tokens
+        resp.media = {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": encode(v, request.encoding_format)}
+                for i, v in enumerate(result.embeddings.vectors)
+            ],
+            "model": result.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+
+
+def encode(vector: np.ndarray, encoding_format: str) -> list[float] | str:
+    if encoding_format == "base64":  # little-endian float32, as OpenAI's clients decode it
+        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+    return vector.tolist()

@@ -1,0 +1,95 @@
+"""gunicorn as a library: one worker (one copy of each model in memory), threads for concurrency.
+
+The app, its runtime and any preloaded models are built inside the worker, never in the master: MLX
+state does not survive a fork. The master binds the socket first, so early requests wait in the
+backlog until the worker is ready.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gunicorn import glogging
+from gunicorn.app.base import BaseApplication
+
+from mlx_serve import blas
+from mlx_serve.logs import configure, formatter, get_logger
+from mlx_serve.settings import Settings
+
+
+def _gunicorn_logger(fmt: str) -> type[glogging.Logger]:
+    class StructuredLogger(glogging.Logger):
+        """gunicorn's own lines through the same structlog formatter as ours."""
+
+        def setup(self, cfg: Any) -> None:
+            super().setup(cfg)
+            for handler in self.error_log.handlers:
+                handler.setFormatter(formatter(fmt))  # type: ignore[arg-type]
+
+    return StructuredLogger
+
+
+class Server(BaseApplication):
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.runtime = None
+        super().__init__()
+
+    def load_config(self) -> None:
+        s = self.settings
+        options: dict[str, Any] = {
+            "bind": [f"[{s.host}]:{s.port}" if ":" in s.host else f"{s.host}:{s.port}"],
+            "workers": 1,
+            "worker_class": "gthread",
+            "threads": s.threads,
+            "graceful_timeout": s.graceful_timeout,
+            # The worker's main loop heartbeats while requests run on threads; a longer timeout only
+            # covers slow model loads at boot.
+            "timeout": max(120, int(s.request_timeout)),
+            "keepalive": 5,
+            "loglevel": s.log_level,
+            "errorlog": "-",
+            "accesslog": None,  # our middleware logs one structured line per request
+            "logger_class": _gunicorn_logger(s.log_format),
+            "proc_name": f"mlx-serve:{s.port}",
+            "worker_exit": self._worker_exit,
+            # gunicorn 24+ opens a control socket at one path per user: instances on several ports would
+            # fight over it, and we manage processes through PID files and signals instead.
+            "control_socket_disable": True,
+        }
+        for key, value in options.items():
+            if key in self.cfg.settings:  # control_socket_disable only exists in newer gunicorn
+                self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        # Imported here so the master process never imports MLX.
+        from mlx_serve.app import create_app
+        from mlx_serve.metrics import Metrics
+        from mlx_serve.runtime import Runtime
+        from mlx_serve.store import ModelStore
+
+        configure(self.settings.log_level, self.settings.log_format)
+        log = get_logger("mlx_serve.server")
+        if blas.STATUS.needs_warning:
+            log.warning("slow_blas", hint=blas.HINT)
+        metrics = Metrics()
+        runtime = Runtime(self.settings, ModelStore(self.settings.models_dir), metrics)
+        runtime.preload(self.settings.preload_models)
+        self.runtime = runtime
+        log.info(
+            "ready",
+            url=f"http://{self.settings.host}:{self.settings.port}",
+            blas=blas.STATUS.path,
+            preloaded=list(self.settings.preload_models),
+        )
+        return create_app(self.settings, runtime, metrics)
+
+    def _worker_exit(self, server: Any, worker: Any) -> None:
+        if self.runtime is not None:
+            self.runtime.close()
+
+
+def serve(settings: Settings) -> None:
+    """Run in the foreground until SIGTERM (graceful) or SIGINT (quick)."""
+    configure(settings.log_level, settings.log_format)
+    Server(settings).run()

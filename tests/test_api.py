@@ -1,0 +1,255 @@
+"""Every route and every error of the HTTP API, through falcon.testing.TestClient and the real engine."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from falcon import testing
+
+from mlx_serve.app import create_app
+from mlx_serve.runtime import Runtime
+from mlx_serve.settings import Settings
+
+from .conftest import MINILM
+
+
+@pytest.fixture
+def client(settings: Settings, runtime: Runtime) -> testing.TestClient:
+    return testing.TestClient(create_app(settings, runtime, runtime.metrics))
+
+
+def embed(client: testing.TestClient, **body) -> testing.Result:
+    return client.simulate_post("/v1/embeddings", json={"model": MINILM, **body})
+
+
+def assert_error(result: testing.Result, status: int, code: str) -> dict:
+    assert result.status_code == status, result.text
+    error = result.json["error"]
+    assert set(error) >= {"message", "type", "code"}
+    assert error["code"] == code
+    assert error["message"] and "Traceback" not in error["message"]
+    return error
+
+
+def test_embeds_a_string_with_openai_shape_and_usage(client) -> None:
+    result = embed(client, input="hello world")
+    assert result.status_code == 200
+    body = result.json
+    assert body["object"] == "list" and body["model"] == MINILM
+    (item,) = body["data"]
+    assert item["object"] == "embedding" and item["index"] == 0
+    vector = np.array(item["embedding"])
+    assert vector.shape == (384,)
+    assert abs(np.linalg.norm(vector) - 1) < 1e-5
+    assert body["usage"] == {"prompt_tokens": 4, "total_tokens": 4}  # [CLS] hello world [SEP]
+
+
+def test_list_of_strings_keeps_order(client) -> None:
+    texts = ["a cat", "a long sentence about the stock market and interest rates", "a dog"]
+    together = embed(client, input=texts).json["data"]
+    assert [d["index"] for d in together] == [0, 1, 2]
+    for i, text in enumerate(texts):
+        alone = embed(client, input=text).json["data"][0]["embedding"]
+        np.testing.assert_allclose(together[i]["embedding"], alone, atol=1e-5)
+
+
+def test_token_arrays_match_the_text(client, minilm_dir) -> None:
+    from tokenizers import Tokenizer
+
+    text = "tokens in, vectors out"
+    tokenizer = Tokenizer.from_file(str(minilm_dir / "tokenizer.json"))
+    tokenizer.no_padding()  # MiniLM's tokenizer.json pads to 128 by default
+    content = tokenizer.encode(text, add_special_tokens=False).ids
+    from_text = embed(client, input=text).json["data"][0]["embedding"]
+    one = embed(client, input=content).json
+    many = embed(client, input=[content, content]).json
+    np.testing.assert_allclose(one["data"][0]["embedding"], from_text, atol=1e-5)
+    assert len(many["data"]) == 2
+    assert one["usage"]["prompt_tokens"] == len(content) + 2
+
+
+def test_base64_is_little_endian_float32_of_the_same_vector(client) -> None:
+    floats = embed(client, input="same text").json["data"][0]["embedding"]
+    encoded = embed(client, input="same text", encoding_format="base64").json["data"][0]["embedding"]
+    decoded = np.frombuffer(base64.b64decode(encoded), dtype="<f4")
+    np.testing.assert_allclose(decoded, floats, atol=1e-7)
+
+
+def test_dimensions_truncate_and_renormalise(client) -> None:
+    full = np.array(embed(client, input="matryoshka").json["data"][0]["embedding"])
+    short = np.array(embed(client, input="matryoshka", dimensions=64).json["data"][0]["embedding"])
+    assert short.shape == (64,)
+    np.testing.assert_allclose(short, full[:64] / np.linalg.norm(full[:64]), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"input": None}, "invalid_input"),
+        ({"input": ""}, "invalid_input"),
+        ({"input": []}, "invalid_input"),
+        ({"input": ["ok", ""]}, "invalid_input"),
+        ({"input": [[]]}, "invalid_input"),
+        ({"input": ["ok", 3]}, "invalid_input"),
+        ({"input": [1, "a"]}, "invalid_input"),
+        ({"input": {"text": "a"}}, "invalid_input"),
+        ({"input": [[1, 2], ["a"]]}, "invalid_input"),
+        ({"input": [True]}, "invalid_input"),
+        ({"input": [[1, 2, 10**9]]}, "invalid_input"),
+        ({"input": "a", "encoding_format": "int8"}, "invalid_encoding_format"),
+        ({"input": "a", "dimensions": 0}, "invalid_dimensions"),
+        ({"input": "a", "dimensions": 385}, "invalid_dimensions"),
+        ({"input": "a", "dimensions": "64"}, "invalid_dimensions"),
+        ({"input": "a", "model": 7}, "invalid_model"),
+    ],
+)
+def test_bad_bodies_are_400_in_openai_shape(client, body, code) -> None:
+    error = assert_error(embed(client, **body), 400, code)
+    assert error["type"] == "invalid_request_error"
+
+
+def test_input_errors_name_the_item(client) -> None:
+    error = assert_error(embed(client, input=["ok", "fine", 3]), 400, "invalid_input")
+    assert "input[2]" in error["message"]
+
+
+@pytest.mark.parametrize("model", ["no-such-model", "../../etc/passwd", "/abs/path", "a/b", "", None])
+def test_missing_or_unknown_model_is_404(client, model) -> None:
+    body = {"input": "a"} if model is None else {"model": model, "input": "a"}
+    assert_error(client.simulate_post("/v1/embeddings", json=body), 404, "model_not_found")
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b"{not json", "invalid_json"),
+        (b"", "invalid_json"),
+        (b"[1, 2]", "invalid_body"),
+        (b'"text"', "invalid_body"),
+        (b"\xff\xfe", "invalid_json"),
+    ],
+)
+def test_malformed_bodies(client, raw, code) -> None:
+    result = client.simulate_post("/v1/embeddings", body=raw, headers={"Content-Type": "application/json"})
+    assert_error(result, 400, code)
+
+
+def test_body_over_the_limit_is_413(home, monkeypatch) -> None:
+    from mlx_serve.metrics import Metrics
+    from mlx_serve.settings import load_settings
+    from mlx_serve.store import ModelStore
+
+    monkeypatch.setenv("MLX_SERVE_MAX_REQUEST_BYTES", "2048")
+    settings = load_settings().settings
+    runtime = Runtime(settings, ModelStore(settings.models_dir), Metrics())
+    try:
+        client = testing.TestClient(create_app(settings, runtime, runtime.metrics))
+        big = json.dumps({"model": MINILM, "input": "x" * 5000})
+        assert_error(client.simulate_post("/v1/embeddings", body=big), 413, "payload_too_large")
+        assert embed(client, input="small").status_code == 200
+    finally:
+        runtime.close()
+
+
+def test_too_many_inputs(home, monkeypatch) -> None:
+    from mlx_serve.metrics import Metrics
+    from mlx_serve.settings import load_settings
+    from mlx_serve.store import ModelStore
+
+    monkeypatch.setenv("MLX_SERVE_MAX_INPUTS_PER_REQUEST", "3")
+    settings = load_settings().settings
+    runtime = Runtime(settings, ModelStore(settings.models_dir), Metrics())
+    try:
+        client = testing.TestClient(create_app(settings, runtime, runtime.metrics))
+        error = assert_error(embed(client, input=["a"] * 4), 400, "too_many_inputs")
+        assert "3" in error["message"]
+        assert embed(client, input=["a"] * 3).status_code == 200
+    finally:
+        runtime.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [("GET", "/v1/embeddings"), ("DELETE", "/v1/models"), ("POST", "/health"), ("PUT", "/metrics")]
+)
+def test_wrong_method_is_405(client, method, path) -> None:
+    error = assert_error(client.simulate_request(method, path), 405, "method_not_allowed")
+    assert method in error["message"]
+
+
+def test_unknown_route_is_404(client) -> None:
+    assert_error(client.simulate_get("/v1/nothing"), 404, "not_found")
+
+
+def test_models_lists_the_packaged_default(client) -> None:
+    body = client.simulate_get("/v1/models").json
+    assert body["object"] == "list"
+    (model,) = [m for m in body["data"] if m["id"] == MINILM]
+    assert model["object"] == "model" and model["type"] == "embedding"
+
+
+def test_health_reports_version_and_loaded_models(client) -> None:
+    from mlx_serve import __version__
+
+    before = client.simulate_get("/health").json
+    assert before == {"status": "ok", "version": __version__, "models_loaded": []}
+    embed(client, input="load it")
+    assert client.simulate_get("/health").json["models_loaded"] == [MINILM]
+
+
+def test_metrics_count_requests_latency_and_tokens(client) -> None:
+    embed(client, input="hello world")  # 4 tokens
+    embed(client, input=["a", "b"])  # 3 + 3 tokens
+    embed(client, input=None)  # 400
+    text = client.simulate_get("/metrics").text
+    assert 'mlx_serve_requests_total{method="POST",route="/v1/embeddings",status="200"} 2.0' in text
+    assert 'mlx_serve_requests_total{method="POST",route="/v1/embeddings",status="400"} 1.0' in text
+    assert 'mlx_serve_request_duration_seconds_count{route="/v1/embeddings",status="200"} 2.0' in text
+    assert f'mlx_serve_tokens_total{{model="{MINILM}"}} 10.0' in text
+
+
+def test_request_id_is_echoed_or_made(client) -> None:
+    assert client.simulate_get("/health", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"] == "abc-123"
+    assert len(client.simulate_get("/health").headers["X-Request-ID"]) == 32
+
+
+def test_an_internal_error_is_500_without_a_trace_and_the_next_request_works(client, runtime, monkeypatch) -> None:
+    calls = {"n": 0}
+    real = runtime.embed
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("secret internal detail")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runtime, "embed", flaky)
+    error = assert_error(embed(client, input="x"), 500, "internal_error")
+    assert "secret" not in error["message"]
+    assert embed(client, input="x").status_code == 200
+
+
+def test_bad_requests_do_not_disturb_concurrent_good_ones(client) -> None:
+    expected = np.array(embed(client, input="steady").json["data"][0]["embedding"])
+    barrier = threading.Barrier(8)
+
+    def good() -> np.ndarray:
+        barrier.wait()
+        result = embed(client, input="steady")
+        assert result.status_code == 200
+        return np.array(result.json["data"][0]["embedding"])
+
+    def bad() -> int:
+        barrier.wait()
+        return embed(client, input=[[1, 10**9]]).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        goods = [pool.submit(good) for _ in range(4)]
+        bads = [pool.submit(bad) for _ in range(4)]
+        assert [b.result() for b in bads] == [400] * 4
+        for g in goods:
+            np.testing.assert_allclose(g.result(), expected, atol=1e-5)

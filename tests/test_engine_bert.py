@@ -1,0 +1,82 @@
+"""The MLX BERT encoder against sentence-transformers (PyTorch) on the real all-MiniLM-L6-v2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlx_serve.engine import load_embedder, plan_batches
+
+TEXTS = [
+    "",
+    "   ",
+    "\n\t ",
+    "hello world",
+    "The quick brown fox jumps over the lazy dog.",
+    "Grüße aus Köln — ça va? Ελληνικά, русский, 日本語のテキスト, العربية",
+    "emoji 🚀🔥👍🏽 and a family 👨‍👩‍👧",
+    "word " * 600,  # far over max_seq_length (256): truncated by both
+    "Search engines rank documents by relevance. " * 20,
+]
+
+
+@pytest.fixture(scope="module")
+def reference(minilm_dir: Path) -> np.ndarray:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(minilm_dir), device="cpu")
+    return model.encode(TEXTS, convert_to_numpy=True)
+
+
+@pytest.fixture(scope="module")
+def embedder(minilm_dir: Path):
+    return load_embedder("all-MiniLM-L6-v2", minilm_dir)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
+def test_matches_sentence_transformers_on_every_text(embedder, reference) -> None:
+    out = embedder.embed(TEXTS, max_batch_tokens=16384)
+    sims = cosine(out.vectors, reference)
+    assert sims.min() >= 0.9999, dict(zip(TEXTS, sims, strict=True))
+    # all-MiniLM-L6-v2 ends in a Normalize module: unit vectors, like the reference.
+    np.testing.assert_allclose(np.linalg.norm(out.vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_texts_over_the_max_length_are_truncated(embedder) -> None:
+    out = embedder.embed(["word " * 600, "short"], max_batch_tokens=16384)
+    assert out.token_counts[0] == embedder.max_length == 256
+    assert out.token_counts[1] == 3  # [CLS] short [SEP]
+
+
+def test_padded_batches_equal_each_text_alone(embedder) -> None:
+    together = embedder.embed(TEXTS, max_batch_tokens=1 << 20).vectors
+    alone = np.stack([embedder.embed([t], max_batch_tokens=1 << 20).vectors[0] for t in TEXTS])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_small_token_budget_splits_batches_without_changing_results(embedder) -> None:
+    big = embedder.embed(TEXTS, max_batch_tokens=1 << 20).vectors
+    small = embedder.embed(TEXTS, max_batch_tokens=64).vectors
+    np.testing.assert_allclose(big, small, atol=1e-5)
+
+
+def test_token_arrays_embed_like_the_text_they_encode(embedder) -> None:
+    text = "The quick brown fox jumps over the lazy dog."
+    ids = embedder.tokenizer.encode([text])[0]
+    content = ids[len(embedder.tokenizer.prefix) : len(ids) - len(embedder.tokenizer.suffix)]
+    from_text, from_ids = embedder.embed([text, content], max_batch_tokens=4096).vectors
+    np.testing.assert_allclose(from_text, from_ids, atol=1e-6)
+
+
+def test_plan_batches_respects_budget_and_keeps_every_index() -> None:
+    lengths = [5, 100, 7, 3, 64, 64, 2, 300]
+    batches = plan_batches(lengths, max_batch_tokens=200)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        longest = max(lengths[i] for i in batch)
+        assert longest * len(batch) <= 200 or len(batch) == 1

@@ -1,0 +1,109 @@
+"""A real server process: `mlx-serve start --foreground` under gunicorn, the official openai client, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from openai import BadRequestError, NotFoundError, OpenAI
+
+from .conftest import MINILM, free_port
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}: {proc.stderr.read()}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=1) as resp:
+                return json.load(resp)
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("server did not become healthy")
+
+
+@pytest.fixture
+def server(home: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLX_SERVE_")}
+    env.update(HOME=str(home), MLX_SERVE_LOG_FORMAT="json")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlx_serve", "start", "--foreground", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc)
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_openai_client_end_to_end_then_sigterm(server) -> None:
+    url, proc = server
+    client = OpenAI(base_url=f"{url}/v1", api_key="unused")
+
+    # The client asks for base64 by default and decodes it itself.
+    result = client.embeddings.create(model=MINILM, input=["first text", "second text"])
+    assert [d.index for d in result.data] == [0, 1]
+    vectors = np.array([d.embedding for d in result.data])
+    assert vectors.shape == (2, 384)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert result.usage.prompt_tokens == result.usage.total_tokens == 8
+    assert result.model == MINILM
+
+    floats = client.embeddings.create(model=MINILM, input="first text", encoding_format="float")
+    np.testing.assert_allclose(floats.data[0].embedding, vectors[0], atol=1e-6)
+
+    short = client.embeddings.create(model=MINILM, input="first text", dimensions=128)
+    assert len(short.data[0].embedding) == 128
+
+    assert MINILM in [m.id for m in client.models.list().data]
+
+    with pytest.raises(NotFoundError) as not_found:
+        client.embeddings.create(model="nope", input="x")
+    assert not_found.value.code == "model_not_found"
+    with pytest.raises(BadRequestError):
+        client.embeddings.create(model=MINILM, input=[])
+
+    with urllib.request.urlopen(f"{url}/metrics") as resp:
+        metrics = resp.read().decode()
+    assert 'mlx_serve_requests_total{method="POST",route="/v1/embeddings",status="200"} 3.0' in metrics
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    logs = [json.loads(line) for line in proc.stderr.read().splitlines() if line.startswith("{")]
+    requests = [entry for entry in logs if entry.get("event") == "request" and entry["path"] == "/v1/embeddings"]
+    assert requests, "one JSON log line per request"
+    first = requests[0]
+    assert first["method"] == "POST" and first["status"] == 200 and first["model"] == MINILM
+    assert first["tokens"] == 8 and first["ms"] > 0 and len(first["request_id"]) == 32
+
+
+def test_binds_loopback_by_default(server) -> None:
+    _, proc = server
+    import psutil
+
+    worker_and_master = [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children())]
+    addresses = {
+        c.laddr.ip
+        for pid in worker_and_master
+        for c in psutil.Process(pid).net_connections()
+        if c.status == psutil.CONN_LISTEN
+    }
+    assert addresses == {"127.0.0.1"}

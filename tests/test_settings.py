@@ -1,0 +1,151 @@
+"""Settings layers, their precedence and origins, and a bad value in each layer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlx_serve.settings import SettingsError, load_settings
+
+
+def write_config(home: Path, text: str) -> Path:
+    path = home / ".mlx-serve" / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_defaults_with_an_empty_home(home: Path) -> None:
+    loaded = load_settings()
+    s = loaded.settings
+    assert (s.host, s.port) == ("127.0.0.1", 8000)
+    assert s.models_dir == home / ".mlx-serve" / "models"
+    assert (s.cache_max_embedding_models, s.cache_max_reranker_models, s.cache_ttl_seconds) == (3, 2, 1800)
+    assert s.preload_models == ()
+    assert (s.service.auto_start, s.service.restart_on_failure, s.service.restart_delay) == (False, True, 5)
+    assert s.graceful_timeout == 30
+    assert set(loaded.origins.values()) == {"defaults"}
+
+
+def test_each_layer_overrides_the_one_below(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = write_config(
+        home,
+        "port: 9001\nhost: 0.0.0.0\nlog_level: WARNING\nservice:\n  restart_delay: 7\n"
+        "preload_models: [from-yaml]\ncache_ttl_seconds: -1\n",
+    )
+    monkeypatch.setenv("MLX_SERVE_HOST", "127.0.0.2")
+    monkeypatch.setenv("MLX_SERVE_SERVICE__AUTO_START", "true")
+    monkeypatch.setenv("MLX_SERVE_PRELOAD_MODELS", "a, b")
+    loaded = load_settings(cli={"port": 9100, "log_level": None})
+    s = loaded.settings
+    assert s.port == 9100 and loaded.origins["port"] == "cli"
+    assert s.host == "127.0.0.2" and loaded.origins["host"] == "env MLX_SERVE_HOST"
+    assert s.log_level == "warning" and loaded.origins["log_level"] == str(config)
+    assert s.service.restart_delay == 7 and loaded.origins["service.restart_delay"] == str(config)
+    # A nested env var and a nested yaml key merge rather than replace each other.
+    assert s.service.auto_start is True and loaded.origins["service.auto_start"] == "env MLX_SERVE_SERVICE__AUTO_START"
+    assert s.service.restart_on_failure is True and loaded.origins["service.restart_on_failure"] == "defaults"
+    # Lists are replaced by the higher layer, not appended to.
+    assert s.preload_models == ("a", "b")
+    assert s.cache_ttl_seconds == -1
+
+
+def test_cli_list_replaces_the_environment_list(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLX_SERVE_PRELOAD_MODELS", '["x", "y"]')
+    assert load_settings().settings.preload_models == ("x", "y")
+    assert load_settings(cli={"preload_models": ["z"]}).settings.preload_models == ("z",)
+
+
+def test_settings_are_frozen(home: Path) -> None:
+    settings = load_settings().settings
+    with pytest.raises(ValueError):
+        settings.port = 1  # type: ignore[misc]
+
+
+def test_bad_value_in_config_yaml_names_key_value_and_file(home: Path) -> None:
+    config = write_config(home, "port: 70000\n")
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    assert "port = 70000" in str(err.value) and str(config) in str(err.value)
+
+
+def test_bad_nested_value_in_config_yaml(home: Path) -> None:
+    write_config(home, "service:\n  restart_delay: soon\n")
+    with pytest.raises(SettingsError, match=r"service\.restart_delay = 'soon'"):
+        load_settings()
+
+
+def test_bad_value_in_environment_names_the_variable(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLX_SERVE_CACHE_MAX_EMBEDDING_MODELS", "lots")
+    with pytest.raises(
+        SettingsError, match=r"cache_max_embedding_models = 'lots' \(from env MLX_SERVE_CACHE_MAX_EMBEDDING_MODELS\)"
+    ):
+        load_settings()
+
+
+def test_bad_value_on_the_command_line(home: Path) -> None:
+    with pytest.raises(SettingsError, match=r"port = 0 \(from cli\)"):
+        load_settings(cli={"port": 0})
+
+
+def test_bad_value_in_shipped_defaults_is_reported_as_defaults(home: Path, tmp_path: Path, monkeypatch) -> None:
+    import mlx_serve.settings as mod
+
+    broken = tmp_path / "settings.toml"
+    broken.write_text(mod.DEFAULTS_FILE.read_text().replace('log_level = "info"', 'log_level = "loud"'))
+    monkeypatch.setattr(mod, "DEFAULTS_FILE", broken)
+    with pytest.raises(SettingsError, match=r"log_level = 'loud' \(from defaults\)"):
+        load_settings()
+
+
+def test_unknown_key_in_config_yaml(home: Path) -> None:
+    write_config(home, "prot: 8000\nservice:\n  auto_strat: true\n")
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    assert "'prot'" in str(err.value) and "'service.auto_strat'" in str(err.value)
+
+
+def test_unreadable_config_yaml_names_the_file(home: Path) -> None:
+    config = write_config(home, "port: [unclosed\n")
+    with pytest.raises(SettingsError, match=str(config)):
+        load_settings()
+
+
+def run_cli(*args: str, home: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MLX_SERVE_")}
+    full_env.update({"HOME": str(home), **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "mlx_serve", *args], capture_output=True, text=True, env=full_env, timeout=60
+    )
+
+
+def test_config_json_maps_each_key_to_value_and_origin(home: Path) -> None:
+    config = write_config(home, "cache_ttl_seconds: 60\n")
+    out = run_cli("config", "--json", home=home, env={"MLX_SERVE_PORT": "8123"})
+    assert out.returncode == 0, out.stderr
+    tree = json.loads(out.stdout)
+    assert tree["port"] == {"value": 8123, "origin": "env MLX_SERVE_PORT"}
+    assert tree["cache_ttl_seconds"] == {"value": 60, "origin": str(config)}
+    assert tree["host"] == {"value": "127.0.0.1", "origin": "defaults"}
+    assert tree["service.restart_delay"] == {"value": 5, "origin": "defaults"}
+
+
+def test_config_prints_a_table_with_origins(home: Path) -> None:
+    out = run_cli("config", home=home, env={"MLX_SERVE_LOG_LEVEL": "debug"})
+    assert out.returncode == 0
+    line = next(line for line in out.stdout.splitlines() if line.startswith("log_level"))
+    assert '"debug"' in line and "env MLX_SERVE_LOG_LEVEL" in line
+
+
+def test_bad_setting_stops_start_with_exit_code_2(home: Path) -> None:
+    write_config(home, "graceful_timeout: -5\n")
+    out = run_cli("start", "--foreground", home=home)
+    assert out.returncode == 2
+    assert "graceful_timeout = -5" in out.stderr and "config.yaml" in out.stderr
+    assert "Traceback" not in out.stderr

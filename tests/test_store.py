@@ -1,0 +1,84 @@
+"""The models directory: importing a model directory, listing, and names that try to escape."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from falcon import testing
+
+from mlx_serve.app import create_app
+from mlx_serve.metrics import Metrics
+from mlx_serve.runtime import Runtime
+from mlx_serve.settings import load_settings
+from mlx_serve.store import InvalidNameError, ModelStore, StoreError, validate_name
+
+from .test_settings import run_cli
+
+
+@pytest.mark.parametrize(
+    "name", ["..", "../x", "a/b", "/etc", "a\\b", ".hidden", "a\x00b", "a\nb", "", "x" * 200, "ok..no"]
+)
+def test_names_that_could_escape_are_refused(name: str) -> None:
+    with pytest.raises(InvalidNameError):
+        validate_name(name)
+
+
+def test_import_copies_atomically_and_lists(tmp_path: Path, minilm_dir: Path) -> None:
+    store = ModelStore(tmp_path / "models")
+    entry = store.import_dir(minilm_dir, "mini")
+    assert entry.type == "embedding" and entry.path == tmp_path / "models" / "mini"
+    assert (entry.path / "model.safetensors").stat().st_size == (minilm_dir / "model.safetensors").stat().st_size
+    meta = json.loads((entry.path / "mlx-serve.json").read_text())
+    assert meta["type"] == "embedding" and meta["source"] == str(minilm_dir.resolve())
+    assert [e.name for e in store.list()] == ["all-MiniLM-L6-v2", "mini"]
+    # Nothing but the model itself is left in the store: no staging folders.
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["mini"]
+
+
+def test_import_detects_a_cross_encoder_as_reranker(tmp_path: Path, minilm_dir: Path) -> None:
+    src = tmp_path / "ce"
+    shutil.copytree(minilm_dir, src)
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "architectures": ["BertForSequenceClassification"]}))
+    assert ModelStore(tmp_path / "models").import_dir(src, "ce").type == "reranker"
+
+
+def test_import_refuses_a_directory_without_weights(tmp_path: Path, minilm_dir: Path) -> None:
+    src = tmp_path / "noweights"
+    src.mkdir()
+    shutil.copy(minilm_dir / "config.json", src)
+    with pytest.raises(StoreError, match="safetensors"):
+        ModelStore(tmp_path / "models").import_dir(src, "x")
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+
+
+def test_cli_pull_then_list_then_serve(home: Path, minilm_dir: Path) -> None:
+    out = run_cli("pull", str(minilm_dir), "--name", "my-minilm", "--type", "embedding", home=home)
+    assert out.returncode == 0, out.stderr
+    listing = run_cli("list", "--json", home=home)
+    names = {m["name"]: m["type"] for m in json.loads(listing.stdout)}
+    assert names == {"all-MiniLM-L6-v2": "embedding", "my-minilm": "embedding"}
+    assert "my-minilm" in run_cli("list", home=home).stdout
+
+    settings = load_settings().settings
+    runtime = Runtime(settings, ModelStore(settings.models_dir), Metrics())
+    try:
+        client = testing.TestClient(create_app(settings, runtime, runtime.metrics))
+        vectors = [
+            client.simulate_post("/v1/embeddings", json={"model": m, "input": "same"}).json["data"][0]["embedding"]
+            for m in ("my-minilm", "all-MiniLM-L6-v2")
+        ]
+        np.testing.assert_allclose(vectors[0], vectors[1], atol=1e-6)
+        assert {m["id"] for m in client.simulate_get("/v1/models").json["data"]} == {"my-minilm", "all-MiniLM-L6-v2"}
+    finally:
+        runtime.close()
+
+
+def test_cli_pull_refuses_an_escaping_name(home: Path, minilm_dir: Path) -> None:
+    out = run_cli("pull", str(minilm_dir), "--name", "../outside", home=home)
+    assert out.returncode == 1 and "invalid model name" in out.stderr
+    assert not (home / ".mlx-serve" / "outside").exists()
