@@ -52,9 +52,46 @@ class LayerNorm:
         return mx.fast.layer_norm(x, self.weight, self.bias, self.eps)
 
 
-def gelu(x: mx.array) -> mx.array:
+# erf as a rational polynomial on [-4, 4] (the float32 approximation of Eigen and XLA; max error 4e-7).
+# MLX's CPU erf and exp run about 20 ns an element, which made GELU half of the encoder's time; this
+# form is only multiplies, adds and one divide, which mx.compile fuses into a single pass.
+_ERF_NUM = (
+    -1.60960333262415e-02,
+    -2.95459980854025e-03,
+    -7.34990630326855e-04,
+    -5.69250639462346e-05,
+    -2.10102402082508e-06,
+    2.77068142495902e-08,
+    -2.72614225801306e-10,
+)
+_ERF_DEN = (
+    -1.42647390514189e-02,
+    -7.37332916720468e-03,
+    -1.68282697438203e-03,
+    -2.13374055278905e-04,
+    -1.45660718464996e-05,
+)
+
+
+def _erf(x: mx.array) -> mx.array:
+    x = mx.clip(x, -4.0, 4.0)
+    x2 = x * x
+    num = _ERF_NUM[-1]
+    for c in reversed(_ERF_NUM[:-1]):
+        num = num * x2 + c
+    den = _ERF_DEN[-1]
+    for c in reversed(_ERF_DEN[:-1]):
+        den = den * x2 + c
+    return x * num / den
+
+
+def _gelu(x: mx.array) -> mx.array:
     # Exact (erf) GELU, as BERT's "gelu" is; the tanh approximation would move vectors measurably.
-    return x * (1.0 + mx.erf(x * (1.0 / math.sqrt(2.0)))) * 0.5
+    return 0.5 * x * (1.0 + _erf(x * (1.0 / math.sqrt(2.0))))
+
+
+# Shapeless: one compiled kernel serves every batch shape (MLX caches it on disk after the first build).
+gelu = mx.compile(_gelu, shapeless=True)
 
 
 class BertLayer:

@@ -30,6 +30,7 @@ class Embedder:
         dimensions: int,
         pad_id: int,
         arrays: Callable[[], list[mx.array]],
+        streams: Sequence[mx.Stream] = (),
     ) -> None:
         self.name = name
         self.forward = forward
@@ -38,6 +39,7 @@ class Embedder:
         self.dimensions = dimensions
         self.pad_id = pad_id
         self._arrays = arrays
+        self.streams = list(streams) or [mx.default_stream(mx.default_device())]
 
     @property
     def max_length(self) -> int:
@@ -54,20 +56,35 @@ class Embedder:
         return Embeddings(vectors, [len(t) for t in token_ids])
 
     def _run(self, seqs: list[list[int]]) -> np.ndarray:
+        """One batch, split across the streams: MLX runs each CPU stream on its own thread, so on a CPU the
+        element-wise work (GELU, softmax, layer norm), which MLX does on one core, uses them all."""
+        n = min(len(self.streams), len(seqs))
+        bounds = [len(seqs) * i // n for i in range(n + 1)]
+        outs = [
+            self._forward(seqs[bounds[i] : bounds[i + 1]], self.streams[i])
+            for i in range(n)
+            if bounds[i] < bounds[i + 1]
+        ]
+        mx.eval(outs)
+        return np.concatenate([np.array(o) for o in outs])
+
+    def _forward(self, seqs: list[list[int]], stream: mx.Stream) -> mx.array:
+        # Inputs arrive sorted by length, so each part pads only to its own longest member.
         width = max(len(s) for s in seqs)
         ids = np.full((len(seqs), width), self.pad_id, dtype=np.int32)
         mask = np.zeros((len(seqs), width), dtype=np.int32)
         for row, seq in enumerate(seqs):
             ids[row, : len(seq)] = seq
             mask[row, : len(seq)] = 1
-        lengths = mx.array([len(s) for s in seqs])
-        mask_mx = mx.array(mask)
-        padded = any(len(s) != width for s in seqs)
-        hidden = self.forward(mx.array(ids), mask_mx, padded)
-        out = pool(hidden, mask_mx, lengths, self.pooling.mode)
-        if self.pooling.normalize:
-            out = l2_normalize(out)
-        return np.array(out.astype(mx.float32))
+        with mx.stream(stream):
+            lengths = mx.array([len(s) for s in seqs])
+            mask_mx = mx.array(mask)
+            padded = any(len(s) != width for s in seqs)
+            hidden = self.forward(mx.array(ids), mask_mx, padded)
+            out = pool(hidden, mask_mx, lengths, self.pooling.mode)
+            if self.pooling.normalize:
+                out = l2_normalize(out)
+            return out.astype(mx.float32)
 
 
 def plan_batches(lengths: Sequence[int], max_batch_tokens: int) -> list[list[int]]:

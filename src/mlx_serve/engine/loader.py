@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import mlx.core as mx
@@ -24,6 +25,13 @@ def compute_dtype(name: str) -> mx.Dtype:
     if name == "auto":
         return mx.float16 if mx.default_device() == mx.gpu else mx.float32
     return getattr(mx, name)
+
+
+def inference_streams() -> list[mx.Stream]:
+    """On a CPU, one stream per core (at most 2: beyond that the BLAS threads compete); on a GPU, one."""
+    if mx.default_device() == mx.gpu:
+        return [mx.default_stream(mx.gpu)]
+    return [mx.new_stream(mx.cpu) for _ in range(max(1, min(2, os.cpu_count() or 1)))]
 
 
 def max_seq_length(model_dir: Path, config: dict) -> int:
@@ -54,7 +62,7 @@ def load_embedder(name: str, model_dir: Path, dtype: str = "auto") -> Embedder:
     encoder = BertEncoder.load(model_dir, cfg, compute_dtype(dtype))
     mx.eval(encoder.arrays())
     tokenizer = TextTokenizer(model_dir / "tokenizer.json", max_seq_length(model_dir, config))
-    return Embedder(
+    embedder = Embedder(
         name=name,
         forward=encoder,
         tokenizer=tokenizer,
@@ -62,4 +70,8 @@ def load_embedder(name: str, model_dir: Path, dtype: str = "auto") -> Embedder:
         dimensions=cfg.hidden_size,
         pad_id=int(config.get("pad_token_id", 0)),
         arrays=encoder.arrays,
+        streams=inference_streams(),
     )
+    # Warm up every stream, so the first request does not pay for compiling kernels.
+    embedder.embed(["warm up"] * len(embedder.streams), max_batch_tokens=4096)
+    return embedder
