@@ -107,3 +107,13 @@ def test_binds_loopback_by_default(server) -> None:
         if c.status == psutil.CONN_LISTEN
     }
     assert addresses == {"127.0.0.1"}
+
+
+def test_sigint_stops_cleanly_and_removes_the_pid_file(server, home: Path) -> None:
+    url, proc = server
+    port = int(url.rsplit(":", 1)[1])
+    pid_path = home / ".mlx-serve" / f"mlx-serve-{port}.pid"
+    assert json.loads(pid_path.read_text())["pid"] == proc.pid
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 0
+    assert not pid_path.exists()

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mlx_serve import __version__
-from mlx_serve.settings import LoadedSettings, SettingsError, load_settings
+from mlx_serve import __version__, lifecycle
+from mlx_serve.settings import LoadedSettings, Settings, SettingsError, home_dir, load_settings
 
 EXIT_CONFIG = 2
 
@@ -44,14 +48,204 @@ def cmd_config(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     return 0
 
 
-def cmd_start(args: argparse.Namespace, loaded: LoadedSettings) -> int:
-    if not args.foreground:
-        print("mlx-serve: background start is not available yet; run `mlx-serve start --foreground`.", file=sys.stderr)
-        return 1
-    from mlx_serve.server import serve
+def _health(url: str, timeout: float = 1.0) -> dict | None:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as resp:
+            return json.load(resp)
+    except (OSError, ValueError):
+        return None
 
-    serve(loaded.settings)
+
+def _refuse_if_taken(settings: Settings, state: Path) -> int | None:
+    """Exit code if this port cannot be ours: a live instance, or another program on it."""
+    inst = lifecycle.inspect(state, settings.port)
+    if inst.state == "running":
+        assert inst.record is not None
+        print(
+            f"mlx-serve is already running on port {settings.port} (PID {inst.record.pid}): {inst.url}", file=sys.stderr
+        )
+        return 1
+    if inst.state == "stale":
+        lifecycle.remove_pid_file(state, settings.port)
+        print(f"removed a stale PID file for port {settings.port}: {inst.reason}", file=sys.stderr)
+    holder = lifecycle.port_in_use(settings.host, settings.port)
+    if holder:
+        print(
+            f"mlx-serve: port {settings.port} on {settings.host} is in use by {holder}; choose another with --port",
+            file=sys.stderr,
+        )
+        return 1
+    return None
+
+
+def cmd_start(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    settings, state = loaded.settings, home_dir()
+    refused = _refuse_if_taken(settings, state)
+    if refused is not None:
+        return refused
+    if args.foreground:
+        from mlx_serve.server import serve
+
+        serve(settings, state)
+        return 0
+    return _start_background(args, settings, state)
+
+
+def _start_background(args: argparse.Namespace, settings: Settings, state: Path) -> int:
+    log_path = lifecycle.log_file(lifecycle.private_dir(state), settings.port)
+    lifecycle.private_dir(log_path.parent)
+    flags = [
+        f"--{k.replace('_', '-')}={v}"
+        for k, v in (("host", args.host), ("port", settings.port), ("log_level", args.log_level))
+        if v is not None
+    ]
+    flags += [f"--preload={name}" for name in args.preload or []]
+    with log_path.open("ab") as log:
+        offset = log.tell()
+        # Its own session: the server outlives this command and the terminal it came from.
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlx_serve", "start", "--foreground", *flags],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = lifecycle.url_for(settings.host, settings.port)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            return True
+        inst = lifecycle.inspect(state, settings.port)
+        return (
+            inst.state == "running"
+            and inst.record is not None
+            and inst.record.pid == proc.pid
+            and _health(url) is not None
+        )
+
+    lifecycle.wait_until(ready, settings.start_timeout, interval=0.2)
+    if proc.poll() is not None or not ready():
+        if proc.poll() is None:  # never became healthy: do not leave a half-started server behind
+            proc.terminate()
+            try:
+                proc.wait(timeout=settings.graceful_timeout + 5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            why = f"did not answer /health within {settings.start_timeout:g} s"
+        else:
+            why = f"exited with code {proc.returncode}"
+        print(f"mlx-serve: the server {why}. The end of {log_path}:", file=sys.stderr)
+        print(_tail(log_path, offset), file=sys.stderr)
+        return 1
+    print(f"mlx-serve is running at {url} (PID {proc.pid}); log: {log_path}")
     return 0
+
+
+def _tail(path: Path, offset: int, lines: int = 20) -> str:
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        text = fh.read().decode("utf-8", "replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _ports(args: argparse.Namespace, settings: Settings, state: Path) -> list[int]:
+    if getattr(args, "all", False) or (args.port is None and args.command == "status"):
+        return lifecycle.known_ports(state)
+    return [settings.port]
+
+
+def cmd_stop(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    settings, state = loaded.settings, home_dir()
+    ports = _ports(args, settings, state)
+    if not ports:
+        print("no mlx-serve instances are known")
+        return 0
+    worst = 0
+    for port in ports:
+        worst = max(worst, _stop_one(port, settings, state, args.force, args.now))
+    return worst
+
+
+def _stop_one(port: int, settings: Settings, state: Path, force: bool, now: bool) -> int:
+    inst = lifecycle.inspect(state, port)
+    if inst.state == "stopped":
+        print(f"port {port}: not running")
+        return 0
+    if inst.state == "stale":
+        lifecycle.remove_pid_file(state, port)
+        print(f"port {port}: not running; removed a stale PID file ({inst.reason})")
+        return 0
+    record = inst.record
+    assert record is not None
+    if record.manager:
+        from mlx_serve import service
+
+        return service.stop_managed(record.manager, port)
+    if not (force and now):
+        if lifecycle.signal_and_wait(record, signal.SIGTERM, settings.graceful_timeout + 5):
+            lifecycle.remove_pid_file(state, port, pid=record.pid)  # normally the server has done it
+            print(f"port {port}: stopped (PID {record.pid})")
+            return 0
+        if not force:
+            print(
+                f"port {port}: still running after {settings.graceful_timeout + 5} s; "
+                "`mlx-serve stop --force` kills it",
+                file=sys.stderr,
+            )
+            return 1
+    lifecycle.signal_and_wait(record, signal.SIGKILL, 10)
+    lifecycle.remove_pid_file(state, port, pid=record.pid)
+    print(f"port {port}: killed (PID {record.pid})")
+    return 0
+
+
+STATUS_EXIT = {"running": 0, "stale": 1, "stopped": 3}
+
+
+def cmd_status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    settings, state = loaded.settings, home_dir()
+    ports = _ports(args, settings, state) or [settings.port]
+    rows = [_status_row(lifecycle.inspect(state, port)) for port in ports]
+    if args.json:
+        print(json.dumps(rows if len(rows) > 1 or args.port is None else rows[0], indent=2))
+    else:
+        for row in rows:
+            if row["state"] == "running":
+                print(
+                    f"port {row['port']}: running, PID {row['pid']}, up {_duration(row['uptime_seconds'])}, "
+                    f"{row['url']}, {row['memory_bytes'] / 2**20:.0f} MiB, "
+                    f"models loaded: {', '.join(row['models_loaded']) or 'none'}"
+                )
+            elif row["state"] == "stale":
+                print(f"port {row['port']}: stale PID file ({row['reason']})")
+            else:
+                print(f"port {row['port']}: stopped")
+    states = {row["state"] for row in rows}
+    return 1 if "stale" in states else 0 if "running" in states else 3
+
+
+def _status_row(inst: lifecycle.Instance) -> dict[str, Any]:
+    row: dict[str, Any] = {"port": inst.port, "state": inst.state}
+    if inst.state == "stale":
+        row["reason"] = inst.reason
+    if inst.state == "running" and inst.record is not None:
+        health = _health(inst.url) or {}
+        row.update(
+            pid=inst.record.pid,
+            url=inst.url,
+            uptime_seconds=round(time.time() - inst.record.started, 1),
+            memory_bytes=lifecycle.memory_bytes(inst.record.pid),
+            models_loaded=health.get("models_loaded", []),
+            healthy=bool(health),
+            manager=inst.record.manager,
+        )
+    return row
+
+
+def _duration(seconds: float) -> str:
+    minutes, sec = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{sec:02d}s"
 
 
 def cmd_pull(args: argparse.Namespace, loaded: LoadedSettings) -> int:
@@ -94,11 +288,23 @@ def parser() -> argparse.ArgumentParser:
 
     start = sub.add_parser("start", help="start the server")
     start.add_argument("--foreground", action="store_true", help="run in this terminal until stopped")
-    start.add_argument("--host", help="address to bind (settings key: host)")
     start.add_argument("--port", type=int, help="port to bind (settings key: port)")
+    start.add_argument("--host", help="address to bind (settings key: host)")
     start.add_argument("--preload", action="append", metavar="NAME", help="load a model before serving; repeatable")
     start.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     start.set_defaults(func=cmd_start)
+
+    stop = sub.add_parser("stop", help="stop a running server (SIGTERM, then wait up to graceful_timeout)")
+    stop.add_argument("--port", type=int, help="the server's port (settings key: port)")
+    stop.add_argument("--all", action="store_true", help="every instance this user runs")
+    stop.add_argument("--force", action="store_true", help="SIGKILL what is still running after the wait")
+    stop.add_argument("--now", action="store_true", help="with --force: SIGKILL at once, without the wait")
+    stop.set_defaults(func=cmd_stop)
+
+    status = sub.add_parser("status", help="running / stale / stopped, PID, uptime, URL, memory, models")
+    status.add_argument("--port", type=int, help="one port (default: every known instance)")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
 
     config = sub.add_parser("config", help="print the effective settings and where each came from")
     config.add_argument("--json", action="store_true")

@@ -38,6 +38,10 @@ class InvalidRequest(ValueError):
         self.param = param
 
 
+class PreloadError(RuntimeError):
+    pass
+
+
 class Overloaded(RuntimeError):
     """The request could not be served in time."""
 
@@ -117,9 +121,14 @@ class Runtime:
         return EmbedResult(name, embeddings)
 
     def preload(self, names: Sequence[str]) -> None:
-        """Load models before serving; raises ModelNotFound or the load error, naming the model."""
+        """Load models before serving; a model that cannot be loaded raises PreloadError naming it."""
         for name in names:
-            self._call(self._model, self.entry(name))
+            try:
+                self._call(self._model, self.entry(name))
+            except ModelNotFound:
+                raise PreloadError(f"cannot preload model {name!r}: no such embedding model") from None
+            except Exception as exc:
+                raise PreloadError(f"cannot preload model {name!r}: {exc}") from exc
 
     def close(self) -> None:
         """Let queued and running work finish, then stop the inference thread."""

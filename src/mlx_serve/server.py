@@ -7,14 +7,16 @@ backlog until the worker is ready.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 
-from mlx_serve import blas
+from mlx_serve import blas, lifecycle
 from mlx_serve.logs import configure, formatter, get_logger
-from mlx_serve.settings import Settings
+from mlx_serve.settings import Settings, home_dir
 
 
 def _gunicorn_logger(fmt: str) -> type[glogging.Logger]:
@@ -30,8 +32,9 @@ def _gunicorn_logger(fmt: str) -> type[glogging.Logger]:
 
 
 class Server(BaseApplication):
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, state_dir: Path) -> None:
         self.settings = settings
+        self.state_dir = state_dir
         self.runtime = None
         super().__init__()
 
@@ -53,6 +56,8 @@ class Server(BaseApplication):
             "logger_class": _gunicorn_logger(s.log_format),
             "proc_name": f"mlx-serve:{s.port}",
             "worker_exit": self._worker_exit,
+            "when_ready": self._when_ready,
+            "on_exit": self._on_exit,
             # gunicorn 24+ opens a control socket at one path per user: instances on several ports would
             # fight over it, and we manage processes through PID files and signals instead.
             "control_socket_disable": True,
@@ -74,7 +79,12 @@ class Server(BaseApplication):
             log.warning("slow_blas", hint=blas.HINT)
         metrics = Metrics()
         runtime = Runtime(self.settings, ModelStore(self.settings.models_dir), metrics)
-        runtime.preload(self.settings.preload_models)
+        try:
+            runtime.preload(self.settings.preload_models)
+        except Exception as exc:
+            log.error("preload_failed", error=str(exc))
+            runtime.close()
+            raise
         self.runtime = runtime
         log.info(
             "ready",
@@ -86,10 +96,17 @@ class Server(BaseApplication):
 
     def _worker_exit(self, server: Any, worker: Any) -> None:
         if self.runtime is not None:
-            self.runtime.close()
+            self.runtime.close()  # queued and running inference finishes first
+
+    def _when_ready(self, server: Any) -> None:
+        # The master listens now: record it, so start/stop/status can find this instance.
+        lifecycle.write_pid_file(self.state_dir, self.settings.port, self.settings.host)
+
+    def _on_exit(self, server: Any) -> None:
+        lifecycle.remove_pid_file(self.state_dir, self.settings.port, pid=os.getpid())
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, state_dir: Path | None = None) -> None:
     """Run in the foreground until SIGTERM (graceful) or SIGINT (quick)."""
     configure(settings.log_level, settings.log_format)
-    Server(settings).run()
+    Server(settings, state_dir or home_dir()).run()

@@ -44,6 +44,7 @@ class Settings(BaseModel):
     cache_ttl_seconds: int
     preload_models: tuple[str, ...]
     graceful_timeout: int = Field(ge=0)
+    start_timeout: float = Field(gt=0)
     threads: int = Field(ge=1, le=256)
     dtype: Literal["auto", "float32", "float16", "bfloat16"]
     max_batch_tokens: int = Field(ge=64)

@@ -1,0 +1,197 @@
+"""Server instances on this machine: PID files per port, process identity, stale detection, stopping.
+
+The server writes `~/.mlx-serve/mlx-serve-<port>.pid` itself once it listens (so foreground, background
+and service runs all have one) and removes it when it exits. The file records the PID and the process's
+start time: a PID whose process is gone, or now belongs to another process (PID reuse), is stale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import psutil
+
+State = Literal["running", "stale", "stopped"]
+# The service templates set this, so that `stop` goes through the manager that would otherwise restart us.
+MANAGER_ENV = "MLX_SERVE_MANAGED_BY"
+
+
+@dataclass(frozen=True)
+class PidRecord:
+    pid: int
+    port: int
+    host: str
+    started: float  # the process's create_time, to tell it from a later process with the same PID
+    manager: str | None = None  # "systemd" or "launchd" when a service manager runs it
+
+
+@dataclass(frozen=True)
+class Instance:
+    port: int
+    state: State
+    record: PidRecord | None
+    reason: str = ""
+
+    @property
+    def url(self) -> str:
+        return url_for(self.record.host if self.record else "127.0.0.1", self.port)
+
+
+def url_for(host: str, port: int) -> str:
+    """Where to reach a server bound to `host`: a wildcard bind is reached on loopback."""
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def pid_file(state_dir: Path, port: int) -> Path:
+    return state_dir / f"mlx-serve-{port}.pid"
+
+
+def log_file(state_dir: Path, port: int) -> Path:
+    return state_dir / "logs" / f"mlx-serve-{port}.log"
+
+
+def private_dir(path: Path) -> Path:
+    """Create the directory readable by this user only (PID files and logs say what runs and where)."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def write_pid_file(state_dir: Path, port: int, host: str) -> PidRecord:
+    me = psutil.Process()
+    record = PidRecord(me.pid, port, host, me.create_time(), os.environ.get(MANAGER_ENV) or None)
+    private_dir(state_dir)
+    fd, tmp = tempfile.mkstemp(dir=state_dir, prefix=f".mlx-serve-{port}.")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(asdict(record), fh)
+    os.replace(tmp, pid_file(state_dir, port))  # atomic: a reader never sees half a file
+    return record
+
+
+def remove_pid_file(state_dir: Path, port: int, pid: int | None = None) -> None:
+    """Remove the port's PID file; with `pid`, only if the file still names that process."""
+    path = pid_file(state_dir, port)
+    if pid is not None:
+        record = read_pid_file(path)
+        if record is not None and record.pid != pid:
+            return
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def read_pid_file(path: Path) -> PidRecord | None:
+    try:
+        data = json.loads(path.read_text())
+        return PidRecord(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def is_server_process(record: PidRecord) -> tuple[bool, str]:
+    """Is the PID in the record still the mlx-serve that wrote it? Checks start time and command line."""
+    try:
+        proc = psutil.Process(record.pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False, f"process {record.pid} has exited"
+        if abs(proc.create_time() - record.started) > 1.0:
+            return False, f"PID {record.pid} now belongs to another process ({proc.name()})"
+        cmdline = " ".join(proc.cmdline())
+    except psutil.NoSuchProcess:
+        return False, f"process {record.pid} is gone"
+    except psutil.AccessDenied:
+        return False, f"PID {record.pid} belongs to another user's process"
+    if "mlx_serve" not in cmdline and "mlx-serve" not in cmdline:
+        return False, f"PID {record.pid} is not mlx-serve ({cmdline[:60]})"
+    return True, ""
+
+
+def inspect(state_dir: Path, port: int) -> Instance:
+    path = pid_file(state_dir, port)
+    if not path.exists():
+        return Instance(port, "stopped", None)
+    record = read_pid_file(path)
+    if record is None:
+        return Instance(port, "stale", None, "the PID file is unreadable")
+    alive, reason = is_server_process(record)
+    return Instance(port, "running" if alive else "stale", record, reason)
+
+
+def known_ports(state_dir: Path) -> list[int]:
+    ports = []
+    for path in state_dir.glob("mlx-serve-*.pid"):
+        with contextlib.suppress(ValueError):
+            ports.append(int(path.stem.removeprefix("mlx-serve-")))
+    return sorted(ports)
+
+
+def port_in_use(host: str, port: int) -> str | None:
+    """None if we could bind host:port now; else who holds it, as well as we can tell."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        try:
+            sock.bind((host, port))
+            return None
+        except OSError as exc:
+            holder = _listener(port)
+            return holder or str(exc.strerror or exc)
+
+
+def _listener(port: int) -> str | None:
+    try:
+        for conn in psutil.net_connections(kind="inet"):
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
+                proc = psutil.Process(conn.pid)
+                return f"{proc.name()} (PID {conn.pid})"
+    except (psutil.AccessDenied, psutil.NoSuchProcess):
+        pass
+    return None
+
+
+def memory_bytes(pid: int) -> int:
+    """Resident memory of the server and its worker."""
+    try:
+        proc = psutil.Process(pid)
+        return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
+    except psutil.Error:
+        return 0
+
+
+def signal_and_wait(record: PidRecord, sig: int, timeout: float) -> bool:
+    """Send `sig` to the server; True once it (and its worker) has exited within `timeout`."""
+    try:
+        proc = psutil.Process(record.pid)
+        family = [proc, *proc.children(recursive=True)]
+        if sig == signal.SIGKILL:
+            for p in family:
+                with contextlib.suppress(psutil.Error):
+                    p.send_signal(sig)
+        else:
+            proc.send_signal(sig)  # gunicorn's master passes it on to its worker
+    except psutil.NoSuchProcess:
+        return True
+    _, alive = psutil.wait_procs(family, timeout=timeout)
+    return not alive
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

@@ -1,0 +1,207 @@
+"""start / stop / status with real processes, real signals and real PID files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from mlx_serve.lifecycle import PidRecord, pid_file
+
+from .conftest import MINILM, free_port
+
+
+def cli(home: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLX_SERVE_")}
+    env["HOME"] = str(home)
+    return subprocess.run(
+        [sys.executable, "-m", "mlx_serve", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+def state(home: Path) -> Path:
+    return home / ".mlx-serve"
+
+
+@pytest.fixture
+def cleanup(home: Path) -> Iterator[None]:
+    """Whatever a test starts is stopped, even when it fails."""
+    yield
+    cli(home, "stop", "--all", "--force", "--now")
+
+
+def status_json(home: Path, port: int) -> tuple[int, dict]:
+    out = cli(home, "status", "--port", str(port), "--json")
+    return out.returncode, json.loads(out.stdout)
+
+
+def test_start_status_refuse_second_start_stop(home: Path, cleanup) -> None:
+    port = free_port()
+    started = cli(home, "start", "--port", str(port))
+    assert started.returncode == 0, started.stderr
+    assert f"http://127.0.0.1:{port}" in started.stdout
+
+    code, row = status_json(home, port)
+    assert code == 0 and row["state"] == "running" and row["healthy"] is True
+    assert row["url"] == f"http://127.0.0.1:{port}" and row["memory_bytes"] > 0
+    record = json.loads(pid_file(state(home), port).read_text())
+    assert record["pid"] == row["pid"] and record["port"] == port
+    assert psutil.Process(row["pid"]).is_running()
+    # The state directory is private to the user.
+    assert (state(home).stat().st_mode & 0o777) == 0o700
+    assert (state(home) / "logs" / f"mlx-serve-{port}.log").exists()
+
+    second = cli(home, "start", "--port", str(port))
+    assert second.returncode == 1 and "already running" in second.stderr
+
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{port}/v1/embeddings", data=json.dumps({"model": MINILM, "input": "hi"}).encode()
+    ) as resp:
+        assert resp.status == 200
+    assert status_json(home, port)[1]["models_loaded"] == [MINILM]
+
+    stopped = cli(home, "stop", "--port", str(port))
+    assert stopped.returncode == 0, stopped.stderr
+    assert not pid_file(state(home), port).exists()
+    assert not psutil.pid_exists(row["pid"]) or psutil.Process(row["pid"]).status() == psutil.STATUS_ZOMBIE
+    assert status_json(home, port) == (3, {"port": port, "state": "stopped"})
+
+
+def test_two_ports_at_once_are_independent(home: Path, cleanup) -> None:
+    ports = [free_port(), free_port()]
+    for port in ports:
+        assert cli(home, "start", "--port", str(port)).returncode == 0
+    out = cli(home, "status", "--json")
+    assert out.returncode == 0
+    rows = {row["port"]: row for row in json.loads(out.stdout)}
+    assert set(rows) == set(ports) and all(r["state"] == "running" for r in rows.values())
+
+    assert cli(home, "stop", "--port", str(ports[0])).returncode == 0
+    assert status_json(home, ports[0])[0] == 3
+    assert status_json(home, ports[1])[0] == 0
+    assert cli(home, "stop", "--all").returncode == 0
+    assert status_json(home, ports[1])[0] == 3
+
+
+def test_kill_9_leaves_a_stale_pid_file_that_status_reports_and_start_cleans(home: Path, cleanup) -> None:
+    port = free_port()
+    assert cli(home, "start", "--port", str(port)).returncode == 0
+    pid = status_json(home, port)[1]["pid"]
+    server = psutil.Process(pid)
+    for proc in [server, *server.children(recursive=True)]:
+        proc.kill()
+    psutil.wait_procs([server], timeout=10)
+
+    code, row = status_json(home, port)
+    assert code == 1 and row["state"] == "stale"
+    again = cli(home, "start", "--port", str(port))
+    assert again.returncode == 0, again.stderr
+    assert "stale" in again.stderr
+    assert status_json(home, port)[0] == 0
+
+
+@pytest.mark.parametrize("reuse", ["other program", "pid reused"])
+def test_pid_file_naming_an_unrelated_live_process_is_stale_and_never_killed(home: Path, reuse: str) -> None:
+    port = free_port()
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        started = psutil.Process(bystander.pid).create_time()
+        if reuse == "pid reused":  # same PID, but a process that started later than the one recorded
+            started -= 1000
+        state(home).mkdir(parents=True)
+        record = PidRecord(bystander.pid, port, "127.0.0.1", started)
+        pid_file(state(home), port).write_text(json.dumps(record.__dict__))
+
+        code, row = status_json(home, port)
+        assert code == 1 and row["state"] == "stale"
+        out = cli(home, "stop", "--port", str(port), "--force")
+        assert out.returncode == 0 and "stale" in out.stdout
+        assert bystander.poll() is None, "stop must never signal a process that is not the server"
+        assert not pid_file(state(home), port).exists()
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_sigterm_lets_an_in_flight_request_finish(home: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLX_SERVE_")}
+    env["HOME"] = str(home)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlx_serve", "start", "--foreground", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while not pid_file(state(home), port).exists():
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+            time.sleep(0.1)
+        # Warm the model, so the long request below is all inference.
+        body = json.dumps({"model": MINILM, "input": "warm"}).encode()
+        urllib.request.urlopen(f"{url}/v1/embeddings", data=body, timeout=60).read()
+
+        result: dict = {}
+
+        def long_request() -> None:
+            texts = [f"{i} " + "a long text about many things " * 60 for i in range(48)]
+            data = json.dumps({"model": MINILM, "input": texts}).encode()
+            with urllib.request.urlopen(f"{url}/v1/embeddings", data=data, timeout=120) as resp:
+                result["status"] = resp.status
+                result["n"] = len(json.load(resp)["data"])
+
+        client = threading.Thread(target=long_request)
+        client.start()
+        time.sleep(1.0)  # the request is on the inference thread now
+        proc.send_signal(signal.SIGTERM)
+        client.join(timeout=120)
+        assert result == {"status": 200, "n": 48}
+        assert proc.wait(timeout=60) == 0
+        assert not pid_file(state(home), port).exists()
+        # And it no longer accepts connections.
+        with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
+            pass
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_server_that_cannot_start_fails_start_with_the_log_tail(home: Path) -> None:
+    port = free_port()
+    out = cli(home, "start", "--port", str(port), "--preload", "no-such-model")
+    assert out.returncode != 0
+    assert "no-such-model" in out.stderr and "mlx-serve-" in out.stderr
+    assert not pid_file(state(home), port).exists()
+    assert status_json(home, port)[0] == 3
+
+
+def test_a_port_taken_by_another_program(home: Path) -> None:
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        for args in (["start"], ["start", "--foreground"]):
+            out = cli(home, *args, "--port", str(port))
+            assert out.returncode == 1
+            assert f"port {port}" in out.stderr and "in use" in out.stderr
+            assert "Traceback" not in out.stderr
+
+
+def test_stop_without_a_server_says_so(home: Path) -> None:
+    out = cli(home, "stop", "--port", str(free_port()))
+    assert out.returncode == 0 and "not running" in out.stdout
