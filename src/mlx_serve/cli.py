@@ -180,7 +180,7 @@ def _stop_one(port: int, settings: Settings, state: Path, force: bool, now: bool
     if record.manager:
         from mlx_serve import service
 
-        return service.stop_managed(record.manager, port)
+        return service.stop_managed(record.manager, settings, port, Path.home(), state)
     if not (force and now):
         if lifecycle.signal_and_wait(record, signal.SIGTERM, settings.graceful_timeout + 5):
             lifecycle.remove_pid_file(state, port, pid=record.pid)  # normally the server has done it
@@ -248,6 +248,27 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{sec:02d}s"
 
 
+def cmd_service(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    from mlx_serve import service
+
+    try:
+        platform_name = args.platform or service.detect_platform()
+    except service.UnsupportedPlatform as exc:
+        print(f"mlx-serve: {exc}", file=sys.stderr)
+        return 1
+    settings, state = loaded.settings, home_dir()
+    manager = service.manager_for(platform_name, settings, settings.port, Path.home(), state)
+    code = service.carry_out(manager.plan(args.verb), args.dry_run)
+    if args.verb == "status" and not args.dry_run:
+        row = _status_row(lifecycle.inspect(state, settings.port))
+        print(
+            f"mlx-serve on port {settings.port}: {row['state']}"
+            + (f", PID {row['pid']}, {row['url']}, healthy: {row['healthy']}" if row["state"] == "running" else "")
+        )
+        return STATUS_EXIT[row["state"]]
+    return code
+
+
 def cmd_pull(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     from mlx_serve.store import ModelStore, StoreError
 
@@ -306,6 +327,13 @@ def parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
 
+    svc = sub.add_parser("service", help="run as a systemd user service (Linux) or a launchd agent (macOS)")
+    svc.add_argument("verb", choices=["install", "uninstall", "start", "stop", "status", "enable", "disable"])
+    svc.add_argument("--port", type=int, help="the port this service serves (settings key: port)")
+    svc.add_argument("--dry-run", action="store_true", help="print the file and the commands instead")
+    svc.add_argument("--platform", choices=["linux", "macos"], help="render for this system (default: this one)")
+    svc.set_defaults(func=cmd_service)
+
     config = sub.add_parser("config", help="print the effective settings and where each came from")
     config.add_argument("--json", action="store_true")
     config.set_defaults(func=cmd_config)
@@ -323,6 +351,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _cli_layer(args: argparse.Namespace) -> dict[str, Any]:
+    # Every subcommand's --port is the `port` setting, so status/stop/service default to config.yaml's.
     return {
         "host": getattr(args, "host", None),
         "port": getattr(args, "port", None),
