@@ -67,7 +67,7 @@ def test_small_token_budget_splits_batches_without_changing_results(embedder) ->
 
 def test_token_arrays_embed_like_the_text_they_encode(embedder) -> None:
     text = "The quick brown fox jumps over the lazy dog."
-    ids = embedder.tokenizer.encode([text])[0]
+    ids = embedder.tokenizer.encode([text])[0].ids
     content = ids[len(embedder.tokenizer.prefix) : len(ids) - len(embedder.tokenizer.suffix)]
     from_text, from_ids = embedder.embed([text, content], max_batch_tokens=4096).vectors
     np.testing.assert_allclose(from_text, from_ids, atol=1e-6)

@@ -15,6 +15,7 @@ from mlx_serve.resources.embeddings import EmbeddingsResource
 from mlx_serve.resources.health import HealthResource
 from mlx_serve.resources.metrics import MetricsResource
 from mlx_serve.resources.models import ModelsResource
+from mlx_serve.resources.rerank import RerankResource
 from mlx_serve.runtime import Runtime
 from mlx_serve.settings import Settings
 
@@ -60,6 +61,9 @@ def create_app(settings: Settings, runtime: Runtime, metrics: Metrics) -> falcon
     embeddings = EmbeddingsResource(runtime, settings.max_request_bytes, settings.max_inputs_per_request)
     app.add_route("/v1/embeddings", embeddings)
     app.add_route("/embeddings", embeddings)
+    rerank = RerankResource(runtime, settings.max_request_bytes, settings.max_inputs_per_request)
+    app.add_route("/v1/rerank", rerank)
+    app.add_route("/rerank", rerank)
     app.add_route("/v1/models", ModelsResource(runtime.store))
     app.add_route("/health", HealthResource(runtime))
     app.add_route("/metrics", MetricsResource(metrics))

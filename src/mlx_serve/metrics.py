@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -30,8 +31,20 @@ class Metrics:
         )
         self.inference_seconds = Histogram(
             "mlx_serve_inference_seconds",
-            "Time on the inference thread per request, by model",
+            "Time on the inference thread per merged batch run, by model",
             ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "mlx_serve_batch_size", "Sequences run together in one merged batch", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.batch_requests = Histogram(
+            "mlx_serve_batch_requests", "Requests merged into one batch run", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.queue_wait = Histogram(
+            "mlx_serve_queue_wait_seconds",
+            "Time a request waited for the inference thread",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

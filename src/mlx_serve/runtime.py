@@ -1,29 +1,32 @@
-"""What the HTTP layer calls: model lookup, loading and inference on one thread that owns all MLX work.
+"""What the HTTP layer calls: model lookup, loading, embedding and reranking.
 
-Request threads never touch MLX: they submit work to the inference thread and wait on a future with a
-deadline. Loaded models are kept in an LRU cache capped by `cache_max_embedding_models`.
+Request threads never touch MLX: each call becomes a job for the scheduler's inference thread, and the
+request thread waits on its future with a deadline. Loaded models live in one LRU cache per type.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
+from typing import Any, Literal
 
+import numpy as np
 from cachetools import LRUCache
 
-from mlx_serve.engine import Embedder, Embeddings, load_embedder
-from mlx_serve.engine.embedder import truncate_dimensions
-from mlx_serve.engine.tokenizer import Input
+from mlx_serve.engine import Embedder, Embeddings, InputError, Reranker, Seq, load_model, truncate_dimensions
+from mlx_serve.engine.reranker import EmbeddingRanker
 from mlx_serve.logs import get_logger
 from mlx_serve.metrics import Metrics
+from mlx_serve.scheduler import Job, QueueFull, Scheduler
 from mlx_serve.settings import Settings
 from mlx_serve.store import ModelEntry, ModelStore
 
 log = get_logger("mlx_serve.runtime")
+InputType = Literal["query", "document"]
 
 
 class ModelNotFound(LookupError):
@@ -43,7 +46,7 @@ class PreloadError(RuntimeError):
 
 
 class Overloaded(RuntimeError):
-    """The request could not be served in time."""
+    """The request could not be served in time, or the queue is full."""
 
 
 @dataclass(frozen=True)
@@ -52,84 +55,160 @@ class EmbedResult:
     embeddings: Embeddings
 
 
+@dataclass(frozen=True)
+class RerankResult:
+    model: str
+    scores: np.ndarray  # relevance of each document, in input order
+    tokens: int
+
+
 class Runtime:
     def __init__(self, settings: Settings, store: ModelStore, metrics: Metrics) -> None:
         self.settings = settings
         self.store = store
         self.metrics = metrics
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlx-inference")
-        self._models: LRUCache[str, Embedder] = LRUCache(maxsize=settings.cache_max_embedding_models)
-        self._lock = threading.Lock()  # guards _models for readers on request threads
+        self.scheduler = Scheduler(settings.max_batch_tokens, settings.max_queued_requests, metrics)
+        self._caches: dict[str, LRUCache[str, Embedder | Reranker]] = {
+            "embedding": LRUCache(maxsize=settings.cache_max_embedding_models),
+            "reranker": LRUCache(maxsize=settings.cache_max_reranker_models),
+        }
+        self._lock = threading.Lock()  # the caches are read from request threads too
 
     # -- lookups (request threads) -------------------------------------------------------------
     def entry(self, name: str) -> ModelEntry:
         entry = self.store.get(name)
-        if entry is None or entry.type != "embedding":
+        if entry is None:
             raise ModelNotFound(name)
         return entry
 
     def loaded(self) -> list[str]:
         with self._lock:
-            return list(self._models.keys())
+            return [name for cache in self._caches.values() for name in cache]
 
-    def dimensions(self, name: str) -> int | None:
+    # -- on the inference thread ----------------------------------------------------------------
+    def _model(self, entry: ModelEntry) -> Embedder | Reranker:
+        cache = self._caches[entry.type]
         with self._lock:
-            model = self._models.get(name)
-        return model.dimensions if model else None
-
-    # -- work (runs on the inference thread) --------------------------------------------------
-    def _model(self, entry: ModelEntry) -> Embedder:
-        with self._lock:
-            model = self._models.get(entry.name)
+            model = cache.get(entry.name)
         if model is not None:
             return model
         started = time.perf_counter()
-        model = load_embedder(entry.name, entry.path, self.settings.dtype)
+        model = load_model(
+            entry.name, entry.path, entry.type, self.settings.dtype, self.settings.model_instructions.get(entry.name)
+        )
         with self._lock:
-            self._models[entry.name] = model
-            self.metrics.models_loaded.set(len(self._models))
+            cache[entry.name] = model
+            self.metrics.models_loaded.set(sum(len(c) for c in self._caches.values()))
         log.info(
-            "model_loaded", model=entry.name, seconds=round(time.perf_counter() - started, 3), bytes=model.nbytes()
+            "model_loaded",
+            model=entry.name,
+            type=entry.type,
+            seconds=round(time.perf_counter() - started, 3),
+            bytes=model.nbytes(),
         )
         return model
 
-    def _embed(self, entry: ModelEntry, inputs: Sequence[Input], dimensions: int | None) -> Embeddings:
-        model = self._model(entry)
-        if dimensions is not None and not 1 <= dimensions <= model.dimensions:
-            raise InvalidRequest(f"dimensions must be between 1 and {model.dimensions} for {entry.name}", "dimensions")
-        started = time.perf_counter()
-        result = model.embed(inputs, self.settings.max_batch_tokens)
-        self.metrics.inference_seconds.labels(entry.name).observe(time.perf_counter() - started)
-        if dimensions is not None and dimensions != model.dimensions:
-            result = truncate_dimensions(result, dimensions, model.pooling.normalize)
-        return result
-
-    # -- the API ---------------------------------------------------------------------------------
-    def _call(self, fn, *args):
-        future: Future = self._executor.submit(fn, *args)
+    def _wait(self, future: Future) -> Any:
         try:
             return future.result(timeout=self.settings.request_timeout)
         except FutureTimeout:
-            future.cancel()
+            future.cancel()  # if it has not started, it never will
             raise Overloaded(f"no result within {self.settings.request_timeout:g} s") from None
 
-    def embed(self, name: str, inputs: Sequence[Input], dimensions: int | None = None) -> EmbedResult:
+    def _submit(
+        self, entry: ModelEntry, prepare: Callable[[Any], list[Seq]], finish: Callable[[Any, np.ndarray], Any]
+    ) -> Any:
+        def guarded(model: Any) -> list[Seq]:
+            try:
+                return prepare(model)
+            except (InputError, InvalidRequest):
+                raise
+            except ValueError as exc:  # e.g. an instruction for a model that takes none
+                raise InvalidRequest(str(exc), "instruction") from None
+
+        job = Job(entry.name, load=lambda: self._model(entry), prepare=guarded, finish=finish)
+        try:
+            return self._wait(self.scheduler.submit(job))
+        except QueueFull as exc:
+            raise Overloaded(str(exc)) from None
+
+    # -- the API ---------------------------------------------------------------------------------
+    def embed(
+        self,
+        name: str,
+        inputs: Sequence[str | Sequence[int]],
+        dimensions: int | None = None,
+        instruction: str | None = None,
+        input_type: InputType | None = None,
+        truncate: bool | None = None,
+    ) -> EmbedResult:
         entry = self.entry(name)
-        embeddings = self._call(self._embed, entry, inputs, dimensions)
-        self.metrics.tokens.labels(name).inc(sum(embeddings.token_counts))
-        self.metrics.inputs.labels(name).inc(len(embeddings.token_counts))
+        if entry.type != "embedding":
+            raise InvalidRequest(f"{name} is a {entry.type}, not an embedding model; use /v1/rerank", "model")
+        if input_type == "document" and instruction:
+            raise InvalidRequest("an instruction applies to queries, not to input_type 'document'", "instruction")
+        truncate = self.settings.auto_truncate if truncate is None else truncate
+        counts: list[int] = []
+
+        def prepare(model: Embedder) -> list[Seq]:
+            if dimensions is not None and not 1 <= dimensions <= model.dimensions:
+                raise InvalidRequest(f"dimensions must be between 1 and {model.dimensions} for {name}", "dimensions")
+            task = instruction or (model.default_instruction if input_type == "query" else None)
+            seqs = model.tokenize(inputs, task, truncate)
+            counts.extend(len(s) for s in seqs)
+            return seqs
+
+        def finish(model: Embedder, rows: np.ndarray) -> Embeddings:
+            if dimensions is not None and dimensions != model.dimensions:
+                rows = truncate_dimensions(rows, dimensions, model.pooling.normalize)
+            return Embeddings(rows, counts)
+
+        embeddings = self._submit(entry, prepare, finish)
+        self._count(name, embeddings.token_counts)
         return EmbedResult(name, embeddings)
+
+    def rerank(
+        self,
+        name: str,
+        query: str,
+        documents: Sequence[str],
+        instruction: str | None = None,
+        truncate: bool | None = None,
+    ) -> RerankResult:
+        entry = self.entry(name)
+        truncate = self.settings.auto_truncate if truncate is None else truncate
+        counts: list[int] = []
+
+        def ranker(model: Embedder | Reranker) -> Reranker:
+            return EmbeddingRanker(model) if isinstance(model, Embedder) else model
+
+        def prepare(model: Embedder | Reranker) -> list[Seq]:
+            seqs = ranker(model).tokenize(query, documents, instruction, truncate)
+            counts.extend(len(s) for s in seqs)
+            return seqs
+
+        def finish(model: Embedder | Reranker, rows: np.ndarray) -> np.ndarray:
+            return ranker(model).scores_from_rows(rows)
+
+        scores = self._submit(entry, prepare, finish)
+        self._count(name, counts)
+        return RerankResult(name, scores, sum(counts))
+
+    def _count(self, name: str, token_counts: list[int]) -> None:
+        self.metrics.tokens.labels(name).inc(sum(token_counts))
+        self.metrics.inputs.labels(name).inc(len(token_counts))
 
     def preload(self, names: Sequence[str]) -> None:
         """Load models before serving; a model that cannot be loaded raises PreloadError naming it."""
         for name in names:
             try:
-                self._call(self._model, self.entry(name))
+                entry = self.entry(name)
+                self._wait(self.scheduler.call(lambda e=entry: self._model(e)))
             except ModelNotFound:
-                raise PreloadError(f"cannot preload model {name!r}: no such embedding model") from None
+                raise PreloadError(f"cannot preload model {name!r}: no such model") from None
             except Exception as exc:
                 raise PreloadError(f"cannot preload model {name!r}: {exc}") from exc
 
     def close(self) -> None:
         """Let queued and running work finish, then stop the inference thread."""
-        self._executor.shutdown(wait=True)
+        self.scheduler.close()

@@ -51,6 +51,9 @@ class Settings(BaseModel):
     max_inputs_per_request: int = Field(ge=1)
     max_request_bytes: int = Field(ge=1024)
     request_timeout: float = Field(gt=0)
+    max_queued_requests: int = Field(ge=1)
+    auto_truncate: bool
+    model_instructions: dict[str, str]
     service: ServiceSettings
 
     @field_validator("log_level", mode="before")

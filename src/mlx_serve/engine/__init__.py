@@ -1,7 +1,22 @@
-"""MLX only: loading models, tokenising, forward passes, pooling. Knows nothing of HTTP or settings files."""
+"""MLX only: loading models, tokenising, forward passes, pooling, scoring. Knows nothing of HTTP or settings."""
 
-from mlx_serve.engine.embedder import Embedder, Embeddings, plan_batches
-from mlx_serve.engine.loader import UnsupportedModelError, load_embedder
+from mlx_serve import blas as _blas  # noqa: F401  (the fast BLAS must be loaded before mlx.core)
+from mlx_serve.engine.batching import Seq, plan_batches
+from mlx_serve.engine.embedder import Embedder, Embeddings, truncate_dimensions
+from mlx_serve.engine.loader import UnsupportedModelError, load_embedder, load_model
+from mlx_serve.engine.reranker import Reranker, Scores
 from mlx_serve.engine.tokenizer import InputError
 
-__all__ = ["Embedder", "Embeddings", "InputError", "UnsupportedModelError", "load_embedder", "plan_batches"]
+__all__ = [
+    "Embedder",
+    "Embeddings",
+    "InputError",
+    "Reranker",
+    "Scores",
+    "Seq",
+    "UnsupportedModelError",
+    "load_embedder",
+    "load_model",
+    "plan_batches",
+    "truncate_dimensions",
+]

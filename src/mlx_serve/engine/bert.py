@@ -155,9 +155,10 @@ class BertEncoder:
                 out += [ln.weight, ln.bias]
         return out + list(self.extra.values())
 
-    def __call__(self, ids: mx.array, mask: mx.array, padded: bool) -> mx.array:
+    def __call__(self, ids: mx.array, mask: mx.array, padded: bool, type_ids: mx.array | None = None) -> mx.array:
         length = ids.shape[1]
-        x = self.word[ids] + self.position[:length] + self.token_type[0]
+        segments = self.token_type[0] if type_ids is None else self.token_type[type_ids]
+        x = self.word[ids] + self.position[:length] + segments
         x = self.emb_norm(x)
         # Without padding, attention needs no mask at all, which is markedly faster on CPU.
         attn_mask = None
@@ -166,6 +167,20 @@ class BertEncoder:
         for layer in self.layers:
             x = layer(x, attn_mask)
         return x
+
+
+class SequenceClassifier:
+    """BertForSequenceClassification's head: tanh pooler over [CLS], then a linear layer to the logits."""
+
+    def __init__(self, encoder: BertEncoder) -> None:
+        w = encoder.extra
+        self.encoder = encoder
+        self.pooler = Linear(w["pooler.dense.weight"], w["pooler.dense.bias"])
+        self.classifier = Linear(w["classifier.weight"], w["classifier.bias"])
+
+    def __call__(self, ids: mx.array, type_ids: mx.array, mask: mx.array, padded: bool) -> mx.array:
+        hidden = self.encoder(ids, mask, padded, type_ids)
+        return self.classifier(mx.tanh(self.pooler(hidden[:, 0])))
 
 
 def _strip_prefix(weights: dict[str, mx.array]) -> dict[str, mx.array]:

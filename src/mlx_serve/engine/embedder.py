@@ -1,4 +1,4 @@
-"""An embedding model: tokenizer + encoder + pooling, run over length-sorted, token-budgeted batches."""
+"""An embedding model: tokenizer + encoder or decoder stack + pooling, run through the batch runner."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
+from mlx_serve.engine.batching import BatchRunner, Seq
 from mlx_serve.engine.pooling import PoolingConfig, l2_normalize, pool
 from mlx_serve.engine.tokenizer import Input, TextTokenizer
 
+# (ids, mask, padded) -> hidden states (B, L, D)
 Forward = Callable[[mx.array, mx.array, bool], mx.array]
 
 
@@ -21,6 +23,8 @@ class Embeddings:
 
 
 class Embedder:
+    kind = "embedding"
+
     def __init__(
         self,
         name: str,
@@ -31,85 +35,62 @@ class Embedder:
         pad_id: int,
         arrays: Callable[[], list[mx.array]],
         streams: Sequence[mx.Stream] = (),
+        left_padded: bool = False,
+        query_template: str | None = None,
+        default_instruction: str | None = None,
     ) -> None:
         self.name = name
         self.forward = forward
         self.tokenizer = tokenizer
         self.pooling = pooling
         self.dimensions = dimensions
-        self.pad_id = pad_id
+        self.query_template = query_template
+        self.default_instruction = default_instruction
         self._arrays = arrays
-        self.streams = list(streams) or [mx.default_stream(mx.default_device())]
+        self.left_padded = left_padded
+        self.runner = BatchRunner(self._head, pad_id, "left" if left_padded else "right", streams)
 
     @property
     def max_length(self) -> int:
         return self.tokenizer.max_length
 
+    @property
+    def streams(self) -> list[mx.Stream]:
+        return self.runner.streams
+
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self._arrays())
 
-    def embed(self, inputs: Sequence[Input], max_batch_tokens: int) -> Embeddings:
-        token_ids = self.tokenizer.encode(inputs)
-        vectors = np.empty((len(token_ids), self.dimensions), dtype=np.float32)
-        for batch in plan_batches([len(t) for t in token_ids], max_batch_tokens):
-            vectors[batch] = self._run([token_ids[i] for i in batch])
-        return Embeddings(vectors, [len(t) for t in token_ids])
+    def _head(self, ids: mx.array, type_ids: mx.array, mask: mx.array, padded: bool) -> mx.array:
+        out = pool(self.forward(ids, mask, padded), mask, self.pooling.mode, self.left_padded)
+        return l2_normalize(out) if self.pooling.normalize else out
 
-    def _run(self, seqs: list[list[int]]) -> np.ndarray:
-        """One batch, split across the streams: MLX runs each CPU stream on its own thread, so on a CPU the
-        element-wise work (GELU, softmax, layer norm), which MLX does on one core, uses them all."""
-        n = min(len(self.streams), len(seqs))
-        bounds = [len(seqs) * i // n for i in range(n + 1)]
-        outs = [
-            self._forward(seqs[bounds[i] : bounds[i + 1]], self.streams[i])
-            for i in range(n)
-            if bounds[i] < bounds[i + 1]
+    def apply_instruction(self, inputs: Sequence[Input], instruction: str | None) -> list[Input]:
+        """Texts as the model card wants queries written, e.g. Qwen3's `Instruct: {task}\\nQuery:{text}`."""
+        if not instruction:
+            return list(inputs)
+        if self.query_template is None:
+            raise ValueError(f"the model {self.name} takes no instruction")
+        return [
+            self.query_template.format(instruction=instruction, text=x) if isinstance(x, str) else x for x in inputs
         ]
-        mx.eval(outs)
-        return np.concatenate([np.array(o) for o in outs])
 
-    def _forward(self, seqs: list[list[int]], stream: mx.Stream) -> mx.array:
-        # Inputs arrive sorted by length, so each part pads only to its own longest member.
-        width = max(len(s) for s in seqs)
-        ids = np.full((len(seqs), width), self.pad_id, dtype=np.int32)
-        mask = np.zeros((len(seqs), width), dtype=np.int32)
-        for row, seq in enumerate(seqs):
-            ids[row, : len(seq)] = seq
-            mask[row, : len(seq)] = 1
-        with mx.stream(stream):
-            lengths = mx.array([len(s) for s in seqs])
-            mask_mx = mx.array(mask)
-            padded = any(len(s) != width for s in seqs)
-            hidden = self.forward(mx.array(ids), mask_mx, padded)
-            out = pool(hidden, mask_mx, lengths, self.pooling.mode)
-            if self.pooling.normalize:
-                out = l2_normalize(out)
-            return out.astype(mx.float32)
+    def tokenize(self, inputs: Sequence[Input], instruction: str | None = None, truncate: bool = True) -> list[Seq]:
+        return self.tokenizer.encode(self.apply_instruction(inputs, instruction), truncate)
+
+    def run(self, seqs: Sequence[Seq], max_batch_tokens: int) -> np.ndarray:
+        return self.runner.run(seqs, max_batch_tokens)
+
+    def embed(
+        self, inputs: Sequence[Input], max_batch_tokens: int, instruction: str | None = None, truncate: bool = True
+    ) -> Embeddings:
+        seqs = self.tokenize(inputs, instruction, truncate)
+        return Embeddings(self.run(seqs, max_batch_tokens), [len(s) for s in seqs])
 
 
-def plan_batches(lengths: Sequence[int], max_batch_tokens: int) -> list[list[int]]:
-    """Group input indices into batches sorted by length, each at most `max_batch_tokens` once padded.
-
-    Sorting first means each batch pads to a length close to its members', so little compute is spent
-    on padding; a single input longer than the budget still gets a batch of its own.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        # Sorted ascending, so the newcomer is the longest: the padded size is its length times the count.
-        if current and lengths[i] * (len(current) + 1) > max_batch_tokens:
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
-
-
-def truncate_dimensions(result: Embeddings, dimensions: int, normalize: bool) -> Embeddings:
+def truncate_dimensions(vectors: np.ndarray, dimensions: int, normalize: bool) -> np.ndarray:
     """Matryoshka truncation: the first `dimensions` values, renormalised if the model normalises."""
-    vectors = np.ascontiguousarray(result.vectors[:, :dimensions])
+    out = np.ascontiguousarray(vectors[:, :dimensions])
     if normalize:
-        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    return Embeddings(vectors, result.token_counts)
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return out

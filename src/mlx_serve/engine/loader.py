@@ -1,4 +1,9 @@
-"""Loading a model directory in the Hugging Face layout: the architecture is read from config.json."""
+"""Loading a model directory in the Hugging Face layout: the architecture is read from config.json.
+
+- `model_type: bert`: our MLX BERT encoder; with a `*ForSequenceClassification` head, a cross-encoder.
+- anything else: a decoder through mlx-lm (Qwen3 and the other architectures it ships): an embedding
+  model (last-token pooling, left padding), or, as a reranker, the Qwen3-Reranker recipe.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +13,18 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from mlx_serve.engine.bert import BertConfig, BertEncoder
+from mlx_serve.engine.batching import BatchRunner
+from mlx_serve.engine.bert import BertConfig, BertEncoder, SequenceClassifier
+from mlx_serve.engine.decoder import DecoderStack
 from mlx_serve.engine.embedder import Embedder
 from mlx_serve.engine.pooling import PoolingConfig
+from mlx_serve.engine.reranker import DEFAULT_INSTRUCTION, CrossEncoder, Qwen3Reranker, Reranker, cross_encoder_head
 from mlx_serve.engine.tokenizer import TextTokenizer
 
 BERT_FAMILY = {"bert"}
+# Qwen3-Embedding's query format, from its model card.
+QWEN3_QUERY_TEMPLATE = "Instruct: {instruction}\nQuery:{text}"
+RERANKER_MAX_LENGTH = 8192  # Qwen3-Reranker's model card
 
 
 class UnsupportedModelError(ValueError):
@@ -50,28 +61,85 @@ def max_seq_length(model_dir: Path, config: dict) -> int:
     return limit
 
 
-def load_embedder(name: str, model_dir: Path, dtype: str = "auto") -> Embedder:
+def read_config(model_dir: Path) -> dict:
     config_file = model_dir / "config.json"
     if not config_file.exists():
         raise UnsupportedModelError(f"{model_dir} has no config.json")
-    config = json.loads(config_file.read_text())
-    model_type = config.get("model_type", "")
-    if model_type not in BERT_FAMILY:
-        raise UnsupportedModelError(f"model type {model_type!r} is not supported for embeddings")
-    cfg = BertConfig.from_dict(config)
-    encoder = BertEncoder.load(model_dir, cfg, compute_dtype(dtype))
-    mx.eval(encoder.arrays())
-    tokenizer = TextTokenizer(model_dir / "tokenizer.json", max_seq_length(model_dir, config))
-    embedder = Embedder(
-        name=name,
-        forward=encoder,
-        tokenizer=tokenizer,
-        pooling=PoolingConfig.from_sentence_transformers(model_dir),
-        dimensions=cfg.hidden_size,
-        pad_id=int(config.get("pad_token_id", 0)),
-        arrays=encoder.arrays,
-        streams=inference_streams(),
-    )
+    return json.loads(config_file.read_text())
+
+
+def load_model(
+    name: str, model_dir: Path, kind: str, dtype: str = "auto", instruction: str | None = None
+) -> Embedder | Reranker:
+    """Load `model_dir` as an embedding model or a reranker (`kind`), warmed up and ready to run.
+
+    `instruction` replaces the model's default task for queries (Qwen3 embedding and reranking)."""
+    config = read_config(model_dir)
+    model = _load(name, model_dir, kind, config, compute_dtype(dtype), instruction)
     # Warm up every stream, so the first request does not pay for compiling kernels.
-    embedder.embed(["warm up"] * len(embedder.streams), max_batch_tokens=4096)
-    return embedder
+    if isinstance(model, Embedder):
+        model.embed(["warm up"] * len(model.streams), max_batch_tokens=4096)
+    else:
+        model.rerank("warm up", ["warm up"] * len(model.runner.streams), max_batch_tokens=4096)
+    return model
+
+
+def load_embedder(name: str, model_dir: Path, dtype: str = "auto") -> Embedder:
+    model = load_model(name, model_dir, "embedding", dtype)
+    assert isinstance(model, Embedder)
+    return model
+
+
+def _load(
+    name: str, model_dir: Path, kind: str, config: dict, dtype: mx.Dtype, instruction: str | None
+) -> Embedder | Reranker:
+    tokenizer_file = model_dir / "tokenizer.json"
+    if not tokenizer_file.exists():
+        raise UnsupportedModelError(f"{model_dir} has no tokenizer.json")
+    model_type = config.get("model_type", "")
+    archs = config.get("architectures") or []
+    streams = inference_streams()
+    if model_type in BERT_FAMILY:
+        encoder = BertEncoder.load(model_dir, BertConfig.from_dict(config), dtype)
+        mx.eval(encoder.arrays())
+        tokenizer = TextTokenizer(tokenizer_file, max_seq_length(model_dir, config))
+        pad_id = int(config.get("pad_token_id", 0))
+        if any(a.endswith("ForSequenceClassification") for a in archs):
+            if kind != "reranker":
+                raise UnsupportedModelError(f"{name} is a cross-encoder: it reranks, it does not embed")
+            head = cross_encoder_head(SequenceClassifier(encoder))
+            return CrossEncoder(name, tokenizer, BatchRunner(head, pad_id, "right", streams), encoder.arrays)
+        return Embedder(
+            name,
+            encoder,
+            tokenizer,
+            PoolingConfig.from_sentence_transformers(model_dir),
+            encoder.config.hidden_size,
+            pad_id,
+            encoder.arrays,
+            streams,
+        )
+    try:
+        stack = DecoderStack.load(model_dir, dtype)
+    except ValueError as exc:  # mlx-lm does not know the architecture
+        raise UnsupportedModelError(f"{name}: {exc}") from exc
+    mx.eval(stack.arrays())
+    if kind == "reranker":
+        limit = min(RERANKER_MAX_LENGTH, int(config.get("max_position_embeddings", RERANKER_MAX_LENGTH)))
+        return Qwen3Reranker(
+            name, TextTokenizer(tokenizer_file, limit), stack, streams, instruction or DEFAULT_INSTRUCTION
+        )
+    is_qwen3 = model_type.startswith("qwen3")
+    return Embedder(
+        name,
+        stack,
+        TextTokenizer(tokenizer_file, max_seq_length(model_dir, config)),
+        PoolingConfig.from_sentence_transformers(model_dir, default="last"),
+        int(config["hidden_size"]),
+        stack.pad_id,
+        stack.arrays,
+        streams,
+        left_padded=True,
+        query_template=QWEN3_QUERY_TEMPLATE if is_qwen3 else None,
+        default_instruction=(instruction or DEFAULT_INSTRUCTION) if is_qwen3 else instruction,
+    )

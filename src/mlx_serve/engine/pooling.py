@@ -51,12 +51,15 @@ def _mode_from(cfg: dict, default: Mode) -> Mode:
     return default
 
 
-def pool(hidden: mx.array, mask: mx.array, lengths: mx.array, mode: Mode) -> mx.array:
-    """hidden (B, L, D); mask (B, L) of 1/0 for right-padded batches; lengths (B,)."""
+def pool(hidden: mx.array, mask: mx.array, mode: Mode, left_padded: bool) -> mx.array:
+    """hidden (B, L, D); mask (B, L) of 1/0."""
+    if mode == "last":
+        if left_padded:
+            return hidden[:, -1]
+        last = mask.sum(axis=1) - 1
+        return mx.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
     if mode == "cls":
         return hidden[:, 0]
-    if mode == "last":
-        return mx.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1)[:, 0]
     m = mask[..., None].astype(hidden.dtype)
     if mode == "max":
         return mx.max(mx.where(m > 0, hidden, mx.array(-1e9, hidden.dtype)), axis=1)

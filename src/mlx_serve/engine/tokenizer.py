@@ -1,4 +1,4 @@
-"""Tokenising texts and token arrays with the model's own tokenizer.json (Hugging Face `tokenizers`)."""
+"""Tokenising texts, sentence pairs and token arrays with the model's own tokenizer.json."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer
+
+from mlx_serve.engine.batching import Seq
 
 Input = str | Sequence[int]
 
@@ -18,41 +20,60 @@ class InputError(ValueError):
         self.index = index
 
 
-class TextTokenizer:
-    """Turns request inputs into token ids, truncated to the model's max length.
+def too_long(index: int, tokens: int, limit: int) -> InputError:
+    return InputError(
+        index,
+        f"input[{index}] has {tokens} tokens, over the model's maximum of {limit}; "
+        "shorten it or allow truncation (truncate: true)",
+    )
 
-    Texts get the model's special tokens (e.g. [CLS] ... [SEP]); token arrays are taken as the content
-    of a text and get the same special tokens around them, so both forms embed alike.
+
+class TextTokenizer:
+    """Request inputs -> token sequences, truncated to the model's max length unless told not to.
+
+    Texts get the model's special tokens (e.g. [CLS] ... [SEP], or a closing <|endoftext|>); token arrays
+    are taken as the content of a text and get the same special tokens around them.
     """
 
     def __init__(self, path: Path, max_length: int) -> None:
-        self._tok = Tokenizer.from_file(str(path))
         # tokenizer.json files often carry a fixed padding/truncation (MiniLM's pads to 128): we batch
         # and pad ourselves, and truncate at the model's real max length.
-        self._tok.no_padding()
-        self._tok.enable_truncation(max_length)
+        self._full = Tokenizer.from_file(str(path))
+        self._full.no_padding()
+        self._full.no_truncation()
+        self._cut = Tokenizer.from_file(str(path))
+        self._cut.no_padding()
+        self._cut.enable_truncation(max_length, strategy="longest_first")
         self.max_length = max_length
-        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        self.vocab_size = self._full.get_vocab_size(with_added_tokens=True)
         self.prefix, self.suffix = self._special_tokens_around_content()
 
     def _special_tokens_around_content(self) -> tuple[list[int], list[int]]:
-        content = self._tok.encode("hello", add_special_tokens=False).ids
-        full = self._tok.encode("hello").ids
+        content = self._full.encode("hello", add_special_tokens=False).ids
+        full = self._full.encode("hello").ids
         for start in range(len(full) - len(content) + 1):
             if full[start : start + len(content)] == content:
                 return full[:start], full[start + len(content) :]
         return [], []
 
     def token_id(self, token: str) -> int | None:
-        return self._tok.token_to_id(token)
+        return self._full.token_to_id(token)
 
-    def encode(self, inputs: Sequence[Input]) -> list[list[int]]:
-        """Token ids per input, in order. Raises InputError for token ids outside the vocabulary."""
+    def raw(self, text: str) -> list[int]:
+        """Ids without special tokens or truncation (for prompts assembled by hand)."""
+        return self._full.encode(text, add_special_tokens=False).ids
+
+    def encode(self, inputs: Sequence[Input], truncate: bool = True) -> list[Seq]:
+        """One sequence per input, in order. Raises InputError for bad token ids, or (without truncation)
+        for an input over the max length."""
+        out: list[Seq | None] = [None] * len(inputs)
         texts = [(i, x) for i, x in enumerate(inputs) if isinstance(x, str)]
-        out: list[list[int] | None] = [None] * len(inputs)
         if texts:
-            for (i, _), enc in zip(texts, self._tok.encode_batch([t for _, t in texts]), strict=True):
-                out[i] = enc.ids
+            tok = self._cut if truncate else self._full
+            for (i, _), enc in zip(texts, tok.encode_batch([t for _, t in texts]), strict=True):
+                if len(enc.ids) > self.max_length:
+                    raise too_long(i, len(enc.ids), self.max_length)
+                out[i] = Seq(enc.ids)
         room = self.max_length - len(self.prefix) - len(self.suffix)
         for i, x in enumerate(inputs):
             if out[i] is None:
@@ -62,5 +83,17 @@ class TextTokenizer:
                     raise InputError(
                         i, f"input[{i}] holds token id {bad}, outside the vocabulary (0-{self.vocab_size - 1})"
                     )
-                out[i] = self.prefix + ids[:room] + self.suffix
+                if len(ids) > room and not truncate:
+                    raise too_long(i, len(ids) + len(self.prefix) + len(self.suffix), self.max_length)
+                out[i] = Seq(self.prefix + ids[:room] + self.suffix)
         return out  # type: ignore[return-value]
+
+    def encode_pairs(self, pairs: Sequence[tuple[str, str]], truncate: bool = True) -> list[Seq]:
+        """Sentence pairs with segment ids, as cross-encoders take them ([CLS] a [SEP] b [SEP])."""
+        tok = self._cut if truncate else self._full
+        seqs = []
+        for i, enc in enumerate(tok.encode_batch(list(pairs))):
+            if len(enc.ids) > self.max_length:
+                raise too_long(i, len(enc.ids), self.max_length)
+            seqs.append(Seq(enc.ids, enc.type_ids))
+        return seqs

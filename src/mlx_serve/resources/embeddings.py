@@ -7,12 +7,10 @@ import base64
 import falcon
 import numpy as np
 
-from mlx_serve.engine import InputError
-from mlx_serve.errors import ApiError, bad_request, model_not_found
 from mlx_serve.resources.body import read_json_object
-from mlx_serve.runtime import InvalidRequest, ModelNotFound, Overloaded, Runtime
+from mlx_serve.resources.errors import runtime_errors
+from mlx_serve.runtime import Runtime
 from mlx_serve.schemas import parse_embedding_request
-from mlx_serve.store import InvalidNameError
 
 
 class EmbeddingsResource:
@@ -24,16 +22,15 @@ class EmbeddingsResource:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         request = parse_embedding_request(read_json_object(req, self.max_request_bytes), self.max_inputs)
         req.context.model = request.model
-        try:
-            result = self.runtime.embed(request.model, request.input, request.dimensions)
-        except (ModelNotFound, InvalidNameError):
-            raise model_not_found(request.model) from None
-        except InputError as exc:
-            raise bad_request(str(exc), "invalid_input", "input") from None
-        except InvalidRequest as exc:
-            raise bad_request(str(exc), f"invalid_{exc.param}", exc.param) from None
-        except Overloaded as exc:
-            raise ApiError(503, f"The server is busy: {exc}. Retry later.", "overloaded") from None
+        with runtime_errors(request.model, "input"):
+            result = self.runtime.embed(
+                request.model,
+                request.input,
+                request.dimensions,
+                request.instruction,
+                request.input_type,
+                request.truncate,
+            )
         tokens = sum(result.embeddings.token_counts)
         req.context.tokens = tokens
         resp.media = {

@@ -1,0 +1,83 @@
+"""Decoder models (Qwen3 and the other architectures mlx-lm ships) run over left-padded batches.
+
+mlx-lm's models build only a causal mask, so a padded batch would let real tokens attend to padding and
+change the results with the batch's make-up. Here the layers run with a mask that is causal and hides
+the left padding, so a padded batch gives each text the vectors it gets alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.utils import _get_classes, load_model
+
+
+def _classes_for_any_checkpoint(config: dict) -> tuple[type[nn.Module], type]:
+    """mlx-lm's classes, accepting checkpoints saved without the `model.` prefix or without an LM head,
+    as embedding checkpoints (saved from the bare transformer) are."""
+    model_cls, args_cls = _get_classes(config)
+
+    class AnyCheckpoint(model_cls):  # type: ignore[misc, valid-type]
+        def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
+            if weights and not any(k.startswith("model.") for k in weights):
+                weights = {(k if k.startswith("lm_head.") else f"model.{k}"): v for k, v in weights.items()}
+            if hasattr(self, "lm_head") and "lm_head.weight" not in weights:
+                # Never used for embeddings; present so that loading stays strict for everything else.
+                weights["lm_head.weight"] = mx.zeros(self.lm_head.weight.shape)
+            return super().sanitize(weights) if hasattr(super(), "sanitize") else weights
+
+    return AnyCheckpoint, args_cls
+
+
+class DecoderStack:
+    """Hidden states (B, L, D) of a left-padded batch; `mask` is 1 for tokens, 0 for padding."""
+
+    def __init__(self, model: nn.Module, config: dict[str, Any]) -> None:
+        self.model = model
+        self.inner = model.model
+        self.config = config
+
+    @classmethod
+    def load(cls, model_dir: Path, dtype: mx.Dtype) -> DecoderStack:
+        model, config = load_model(model_dir, get_model_classes=_classes_for_any_checkpoint)
+        if not config.get("quantization"):
+            model.set_dtype(dtype)
+        return cls(model, config)
+
+    @property
+    def pad_id(self) -> int:
+        """Padding is masked out, so any id serves; the configured pad (or end-of-text) is the natural one."""
+        pad = self.config.get("pad_token_id")
+        if pad is None:
+            eos = self.config.get("eos_token_id", 0)
+            pad = eos[0] if isinstance(eos, list) else eos
+        return int(pad or 0)
+
+    def arrays(self) -> list[mx.array]:
+        from mlx.utils import tree_flatten
+
+        return [v for _, v in tree_flatten(self.model.parameters())]
+
+    def __call__(self, ids: mx.array, mask: mx.array, padded: bool) -> mx.array:
+        h = self.inner.embed_tokens(ids)
+        attn_mask: mx.array | str = "causal"
+        if padded:
+            length = ids.shape[1]
+            causal = mx.tril(mx.ones((length, length), dtype=mx.bool_))
+            keep = causal[None, None] & (mask[:, None, None, :] > 0)
+            # A padding row would otherwise attend to nothing (NaN) and poison the values it feeds.
+            attn_mask = keep | mx.eye(length, dtype=mx.bool_)[None, None]
+        for layer in self.inner.layers:
+            h = layer(h, attn_mask, None)
+        return self.inner.norm(h)
+
+    def token_logits(self, hidden: mx.array, token_ids: list[int]) -> mx.array:
+        """Logits of a few vocabulary entries only, without the full (B, vocab) projection."""
+        if getattr(self.model.args, "tie_word_embeddings", False) or not hasattr(self.model, "lm_head"):
+            rows = self.inner.embed_tokens.weight[mx.array(token_ids)]
+        else:
+            rows = self.model.lm_head.weight[mx.array(token_ids)]
+        return hidden @ rows.T

@@ -1,0 +1,43 @@
+"""POST /v1/rerank (and /rerank), Jina/Cohere-compatible, with the plan's text output."""
+
+from __future__ import annotations
+
+import falcon
+import numpy as np
+
+from mlx_serve.resources.body import read_json_object
+from mlx_serve.resources.errors import runtime_errors
+from mlx_serve.runtime import Runtime
+from mlx_serve.schemas import parse_rerank_request
+
+
+class RerankResource:
+    def __init__(self, runtime: Runtime, max_request_bytes: int, max_inputs: int) -> None:
+        self.runtime = runtime
+        self.max_request_bytes = max_request_bytes
+        self.max_inputs = max_inputs
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        request = parse_rerank_request(read_json_object(req, self.max_request_bytes), self.max_inputs)
+        req.context.model = request.model
+        with runtime_errors(request.model, "documents"):
+            result = self.runtime.rerank(
+                request.model, request.query, request.documents, request.instruction, request.truncate
+            )
+        req.context.tokens = result.tokens
+        # Highest score first; equal scores keep document order (a stable sort).
+        order = np.argsort(-result.scores, kind="stable")[: request.top_n]
+        results = []
+        for i in order:
+            score = float(result.scores[i])
+            item: dict = {"index": int(i), "relevance_score": score}
+            if request.return_documents:
+                item["document"] = {"text": request.documents[i]}
+            if request.return_text:
+                item["text_output"] = "yes" if score >= request.decision_threshold else "no"
+            results.append(item)
+        resp.media = {
+            "model": result.model,
+            "results": results,
+            "usage": {"prompt_tokens": result.tokens, "total_tokens": result.tokens},
+        }
