@@ -49,6 +49,7 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/embed_throughput.py
+	$(BIN)/python bench/http_concurrency.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -16,6 +16,7 @@ import mlx_serve  # noqa: F401  (loads the fast BLAS before MLX)
 from mlx_serve import blas
 from mlx_serve.engine import load_embedder
 from mlx_serve.store import builtin_model_dir
+from peer import peer_seconds
 
 WORDS = [
     "model",
@@ -77,16 +78,12 @@ def main() -> None:
     mlx_batch = median_seconds(lambda: mlx_model.embed(texts, 16384), args.repeats)
     mlx_one = median_seconds(lambda: mlx_model.embed(short, 16384), args.repeats * 4)
 
-    import torch
-    from sentence_transformers import SentenceTransformer
-
-    st_model = SentenceTransformer(str(model_dir), device="cpu")
-    st_batch = median_seconds(lambda: st_model.encode(texts, batch_size=len(texts)), args.repeats)
-    st_one = median_seconds(lambda: st_model.encode(short), args.repeats * 4)
+    st_batch = peer_seconds(texts, len(texts), args.repeats)
+    st_one = peer_seconds(short, 1, args.repeats * 4)
 
     print(
         f"all-MiniLM-L6-v2: {len(texts)} texts, {tokens} tokens; BLAS: {blas.STATUS.path or blas.STATUS.reason}; "
-        f"torch threads: {torch.get_num_threads()}"
+        "sentence-transformers (PyTorch, CPU) timed in a process of its own"
     )
     print(f"{'engine':<24}{'tokens/s (batch)':>18}{'one short text':>18}")
     print(f"{'mlx-serve (MLX)':<24}{tokens / mlx_batch:>18,.0f}{mlx_one * 1000:>15.1f} ms")

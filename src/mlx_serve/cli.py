@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mlx_serve import __version__, lifecycle
-from mlx_serve.settings import LoadedSettings, Settings, SettingsError, home_dir, load_settings
+from mlx_serve.settings import LoadedSettings, Settings, SettingsError, effective_values, home_dir, load_settings
 
 EXIT_CONFIG = 2
 
@@ -23,18 +23,8 @@ def _settings(cli: dict[str, Any]) -> LoadedSettings:
     return load_settings(cli=cli)
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
 def cmd_config(args: argparse.Namespace, loaded: LoadedSettings) -> int:
-    values = _flatten(loaded.settings.model_dump(mode="json"))
+    values = effective_values(loaded.settings)
     if args.json:
         print(
             json.dumps(

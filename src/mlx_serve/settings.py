@@ -128,6 +128,18 @@ def load_settings(cli: dict[str, Any] | None = None, config_file: Path | None = 
     return LoadedSettings(settings, origins, values)
 
 
+def effective_values(settings: Settings) -> dict[str, Any]:
+    """Dotted key -> value (JSON types), for every leaf of the tree; dict-valued settings stay whole."""
+    dumped = settings.model_dump(mode="json")
+    out = {}
+    for key in _leaf_keys(Settings):
+        value: Any = dumped
+        for part in key.split("."):
+            value = value[part]
+        out[key] = value
+    return out
+
+
 def _leaf_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     keys: list[str] = []
     for name, field in model.model_fields.items():

@@ -62,13 +62,18 @@ def builtin_model_dir() -> Path | None:
 
 
 def detect_type(model_dir: Path) -> ModelType:
-    """A sequence-classification head means a cross-encoder (reranker); anything else embeds."""
+    """A sequence-classification head (cross-encoder), or a causal LM without sentence-transformers
+    modules (Qwen3-Reranker), reranks; anything else embeds."""
     try:
         config = json.loads((model_dir / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise StoreError(f"{model_dir} has no readable config.json: {exc}") from exc
     archs = config.get("architectures") or []
-    return "reranker" if any(a.endswith("ForSequenceClassification") for a in archs) else "embedding"
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        return "reranker"
+    if any(a.endswith("ForCausalLM") for a in archs) and not (model_dir / "modules.json").exists():
+        return "reranker"
+    return "embedding"
 
 
 class ModelStore:

@@ -1,6 +1,5 @@
 """MLX only: loading models, tokenising, forward passes, pooling, scoring. Knows nothing of HTTP or settings."""
 
-from mlx_serve import blas as _blas  # noqa: F401  (the fast BLAS must be loaded before mlx.core)
 from mlx_serve.engine.batching import Seq, plan_batches
 from mlx_serve.engine.embedder import Embedder, Embeddings, truncate_dimensions
 from mlx_serve.engine.loader import UnsupportedModelError, load_embedder, load_model

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from mlx_serve import blas
 from mlx_serve.engine.batching import BatchRunner
 from mlx_serve.engine.bert import BertConfig, BertEncoder, SequenceClassifier
 from mlx_serve.engine.decoder import DecoderStack
@@ -39,10 +40,15 @@ def compute_dtype(name: str) -> mx.Dtype:
 
 
 def inference_streams() -> list[mx.Stream]:
-    """On a CPU, one stream per core (at most 2: beyond that the BLAS threads compete); on a GPU, one."""
+    """On a GPU, one stream. On a CPU, two (one on a single core): MLX runs element-wise work on one
+    thread per stream, so two streams use two cores for it; the cores are shared out among the streams'
+    BLAS calls."""
     if mx.default_device() == mx.gpu:
         return [mx.default_stream(mx.gpu)]
-    return [mx.new_stream(mx.cpu) for _ in range(max(1, min(2, os.cpu_count() or 1)))]
+    cores = os.cpu_count() or 1
+    count = max(1, min(2, cores))
+    blas.set_threads(cores // count)
+    return [mx.new_stream(mx.cpu) for _ in range(count)]
 
 
 def max_seq_length(model_dir: Path, config: dict) -> int:
