@@ -11,9 +11,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,40 +40,17 @@ class Job:
 
 
 class Scheduler:
-    def __init__(self, max_batch_tokens: int, max_queued: int, metrics: Metrics, gather_seconds: float = 0.01) -> None:
+    def __init__(self, max_batch_tokens: int, max_queued: int, metrics: Metrics) -> None:
         self.max_batch_tokens = max_batch_tokens
         self.max_queued = max_queued
         self.metrics = metrics
-        self.gather_seconds = gather_seconds
         self._queue: deque[Job] = deque()
         self._cond = threading.Condition()
         self._closing = False
-        self._arriving = 0  # requests being parsed on request threads, about to submit
-        self._local = threading.local()
         self._thread = threading.Thread(target=self._loop, name="mlx-inference", daemon=True)
         self._thread.start()
 
-    @contextmanager
-    def arrival(self) -> Iterator[None]:
-        """Wrap a request from its first byte to its submit: while requests are arriving, the inference
-        thread waits a moment (at most `gather_seconds`) to batch them together. A lone request never waits."""
-        with self._cond:
-            self._arriving += 1
-        self._local.arriving = True
-        try:
-            yield
-        finally:
-            self._arrived()
-
-    def _arrived(self) -> None:
-        if getattr(self._local, "arriving", False):
-            self._local.arriving = False
-            with self._cond:
-                self._arriving -= 1
-                self._cond.notify_all()
-
     def submit(self, job: Job) -> Future:
-        self._arrived()
         with self._cond:
             if self._closing:
                 raise QueueFull("the server is shutting down")
@@ -94,12 +70,7 @@ class Scheduler:
                 self._cond.wait()
             if not self._queue:
                 return None
-            first = self._queue[0]
-            if first.model:
-                deadline = time.perf_counter() + self.gather_seconds
-                while self._arriving and not self._closing and (left := deadline - time.perf_counter()) > 0:
-                    self._cond.wait(left)
-            self._queue.popleft()
+            first = self._queue.popleft()
             if not first.model:
                 return [first]
             same = [j for j in self._queue if j.model == first.model]

@@ -18,10 +18,6 @@ class RerankResource:
         self.max_inputs = max_inputs
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        with self.runtime.scheduler.arrival():
-            self._post(req, resp)
-
-    def _post(self, req: falcon.Request, resp: falcon.Response) -> None:
         request = parse_rerank_request(read_json_object(req, self.max_request_bytes), self.max_inputs)
         req.context.model = request.model
         with runtime_errors(request.model, "documents"):
