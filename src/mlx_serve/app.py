@@ -11,6 +11,7 @@ import structlog
 from mlx_serve import errors
 from mlx_serve.logs import get_logger
 from mlx_serve.metrics import Metrics
+from mlx_serve.resources.control import PsResource, UnloadResource
 from mlx_serve.resources.embeddings import EmbeddingsResource
 from mlx_serve.resources.health import HealthResource
 from mlx_serve.resources.metrics import MetricsResource
@@ -65,6 +66,8 @@ def create_app(settings: Settings, runtime: Runtime, metrics: Metrics) -> falcon
     app.add_route("/v1/rerank", rerank)
     app.add_route("/rerank", rerank)
     app.add_route("/v1/models", ModelsResource(runtime.store))
+    app.add_route("/api/ps", PsResource(runtime))
+    app.add_route("/api/unload", UnloadResource(runtime, settings.max_request_bytes))
     app.add_route("/health", HealthResource(runtime))
     app.add_route("/metrics", MetricsResource(metrics))
     return app

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -259,6 +260,57 @@ def cmd_service(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     return code
 
 
+def _server_url(settings: Settings) -> str | None:
+    inst = lifecycle.inspect(home_dir(), settings.port)
+    if inst.state != "running":
+        print(f"mlx-serve: no server is running on port {settings.port}", file=sys.stderr)
+        return None
+    return inst.url
+
+
+def cmd_unload(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    url = _server_url(loaded.settings)
+    if url is None:
+        return 3
+    request = urllib.request.Request(
+        f"{url}/api/unload", data=json.dumps({"name": args.name}).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            answer = json.load(resp)
+    except urllib.error.HTTPError as exc:
+        print(f"mlx-serve: {json.load(exc)['error']['message']}", file=sys.stderr)
+        return 1
+    print(f"{args.name}: {answer['status'].replace('_', ' ')}")
+    return 0
+
+
+def cmd_ps(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    url = _server_url(loaded.settings)
+    if url is None:
+        return 3
+    with urllib.request.urlopen(f"{url}/api/ps", timeout=10) as resp:
+        models = json.load(resp)["models"]
+    if args.json:
+        print(json.dumps(models, indent=2))
+        return 0
+    rows = [("NAME", "TYPE", "SIZE", "IN FLIGHT", "EXPIRES")]
+    rows += [
+        (
+            m["name"],
+            m["type"],
+            f"{m['size_bytes'] / 2**20:.0f} MiB",
+            str(m["in_flight"]),
+            "never" if m["expires_at"] is None else m["expires_at"],
+        )
+        for m in models
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
 def cmd_pull(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     from mlx_serve.store import ModelStore, StoreError
 
@@ -323,6 +375,16 @@ def parser() -> argparse.ArgumentParser:
     svc.add_argument("--dry-run", action="store_true", help="print the file and the commands instead")
     svc.add_argument("--platform", choices=["linux", "macos"], help="render for this system (default: this one)")
     svc.set_defaults(func=cmd_service)
+
+    unload = sub.add_parser("unload", help="unload a model from a running server (after its in-flight requests)")
+    unload.add_argument("name")
+    unload.add_argument("--port", type=int, help="the server's port (settings key: port)")
+    unload.set_defaults(func=cmd_unload)
+
+    ps = sub.add_parser("ps", help="the models a running server has loaded")
+    ps.add_argument("--port", type=int, help="the server's port (settings key: port)")
+    ps.add_argument("--json", action="store_true")
+    ps.set_defaults(func=cmd_ps)
 
     config = sub.add_parser("config", help="print the effective settings and where each came from")
     config.add_argument("--json", action="store_true")

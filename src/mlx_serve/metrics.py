@@ -48,7 +48,26 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.models_loaded = Gauge("mlx_serve_models_loaded", "Models in memory", registry=r)
+        self.models_loaded = Gauge("mlx_serve_models_loaded", "Models in memory, by type", ["type"], registry=r)
+        self.cache_hits = Counter("mlx_serve_cache_hits", "Requests whose model was loaded", ["type"], registry=r)
+        self.cache_misses = Counter(
+            "mlx_serve_cache_misses", "Requests that had to load their model", ["type"], registry=r
+        )
+        self.cache_evictions = Counter(
+            "mlx_serve_cache_evictions",
+            "Models unloaded, by type and reason (lru, ttl, manual)",
+            ["type", "reason"],
+            registry=r,
+        )
+        self.model_load_seconds = Histogram(
+            "mlx_serve_model_load_seconds",
+            "Time to load a model",
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=r,
+        )
+        self.model_memory_bytes = Gauge(
+            "mlx_serve_model_memory_bytes", "Memory of each loaded model's weights", ["model"], registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

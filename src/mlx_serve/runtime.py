@@ -6,8 +6,6 @@ request thread waits on its future with a deadline. Loaded models live in one LR
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -15,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from cachetools import LRUCache
 
+from mlx_serve.cache import ModelCache
 from mlx_serve.engine import Embedder, Embeddings, InputError, Reranker, Seq, load_model, truncate_dimensions
 from mlx_serve.engine.reranker import EmbeddingRanker
 from mlx_serve.logs import get_logger
@@ -68,11 +66,13 @@ class Runtime:
         self.store = store
         self.metrics = metrics
         self.scheduler = Scheduler(settings.max_batch_tokens, settings.max_queued_requests, metrics)
-        self._caches: dict[str, LRUCache[str, Embedder | Reranker]] = {
-            "embedding": LRUCache(maxsize=settings.cache_max_embedding_models),
-            "reranker": LRUCache(maxsize=settings.cache_max_reranker_models),
-        }
-        self._lock = threading.Lock()  # the caches are read from request threads too
+        self.cache = ModelCache(
+            {"embedding": settings.cache_max_embedding_models, "reranker": settings.cache_max_reranker_models},
+            settings.cache_ttl_seconds,
+            metrics,
+            self._load,
+            self.scheduler.call,
+        )
 
     # -- lookups (request threads) -------------------------------------------------------------
     def entry(self, name: str) -> ModelEntry:
@@ -82,31 +82,17 @@ class Runtime:
         return entry
 
     def loaded(self) -> list[str]:
-        with self._lock:
-            return [name for cache in self._caches.values() for name in cache]
+        return self.cache.loaded()
+
+    def unload(self, name: str) -> bool:
+        """Unload `name` once its in-flight requests finish; False if it is not loaded."""
+        self.entry(name)  # ModelNotFound for a name the store does not have
+        return self.cache.request_unload(name)
 
     # -- on the inference thread ----------------------------------------------------------------
-    def _model(self, entry: ModelEntry) -> Embedder | Reranker:
-        cache = self._caches[entry.type]
-        with self._lock:
-            model = cache.get(entry.name)
-        if model is not None:
-            return model
-        started = time.perf_counter()
-        model = load_model(
-            entry.name, entry.path, entry.type, self.settings.dtype, self.settings.model_instructions.get(entry.name)
-        )
-        with self._lock:
-            cache[entry.name] = model
-            self.metrics.models_loaded.set(sum(len(c) for c in self._caches.values()))
-        log.info(
-            "model_loaded",
-            model=entry.name,
-            type=entry.type,
-            seconds=round(time.perf_counter() - started, 3),
-            bytes=model.nbytes(),
-        )
-        return model
+    def _load(self, entry: ModelEntry) -> Embedder | Reranker:
+        instruction = self.settings.model_instructions.get(entry.name)
+        return load_model(entry.name, entry.path, entry.type, self.settings.dtype, instruction)
 
     def _wait(self, future: Future) -> Any:
         try:
@@ -116,7 +102,11 @@ class Runtime:
             raise Overloaded(f"no result within {self.settings.request_timeout:g} s") from None
 
     def _submit(
-        self, entry: ModelEntry, prepare: Callable[[Any], list[Seq]], finish: Callable[[Any, np.ndarray], Any]
+        self,
+        entry: ModelEntry,
+        prepare: Callable[[Any], list[Seq]],
+        finish: Callable[[Any, np.ndarray], Any],
+        keep_alive: float | None,
     ) -> Any:
         def guarded(model: Any) -> list[Seq]:
             try:
@@ -126,11 +116,13 @@ class Runtime:
             except ValueError as exc:  # e.g. an instruction for a model that takes none
                 raise InvalidRequest(str(exc), "instruction") from None
 
-        job = Job(entry.name, load=lambda: self._model(entry), prepare=guarded, finish=finish)
-        try:
-            return self._wait(self.scheduler.submit(job))
-        except QueueFull as exc:
-            raise Overloaded(str(exc)) from None
+        job = Job(entry.name, load=lambda: self.cache.get(entry), prepare=guarded, finish=finish)
+        # The lease holds the model from lookup to response: nothing unloads it under this request.
+        with self.cache.lease(entry, keep_alive):
+            try:
+                return self._wait(self.scheduler.submit(job))
+            except QueueFull as exc:
+                raise Overloaded(str(exc)) from None
 
     # -- the API ---------------------------------------------------------------------------------
     def embed(
@@ -141,6 +133,7 @@ class Runtime:
         instruction: str | None = None,
         input_type: InputType | None = None,
         truncate: bool | None = None,
+        keep_alive: float | None = None,
     ) -> EmbedResult:
         entry = self.entry(name)
         if entry.type != "embedding":
@@ -163,7 +156,7 @@ class Runtime:
                 rows = truncate_dimensions(rows, dimensions, model.pooling.normalize)
             return Embeddings(rows, counts)
 
-        embeddings = self._submit(entry, prepare, finish)
+        embeddings = self._submit(entry, prepare, finish, keep_alive)
         self._count(name, embeddings.token_counts)
         return EmbedResult(name, embeddings)
 
@@ -174,6 +167,7 @@ class Runtime:
         documents: Sequence[str],
         instruction: str | None = None,
         truncate: bool | None = None,
+        keep_alive: float | None = None,
     ) -> RerankResult:
         entry = self.entry(name)
         truncate = self.settings.auto_truncate if truncate is None else truncate
@@ -190,7 +184,7 @@ class Runtime:
         def finish(model: Embedder | Reranker, rows: np.ndarray) -> np.ndarray:
             return ranker(model).scores_from_rows(rows)
 
-        scores = self._submit(entry, prepare, finish)
+        scores = self._submit(entry, prepare, finish, keep_alive)
         self._count(name, counts)
         return RerankResult(name, scores, sum(counts))
 
@@ -203,7 +197,10 @@ class Runtime:
         for name in names:
             try:
                 entry = self.entry(name)
-                self._wait(self.scheduler.call(lambda e=entry: self._model(e)))
+                if self.settings.preload_pinned:
+                    self.cache.pin(entry)
+                with self.cache.lease(entry):  # idle from the moment it is loaded: the TTL runs from then
+                    self._wait(self.scheduler.call(lambda e=entry: self.cache.get(e)))
             except ModelNotFound:
                 raise PreloadError(f"cannot preload model {name!r}: no such model") from None
             except Exception as exc:
@@ -211,4 +208,5 @@ class Runtime:
 
     def close(self) -> None:
         """Let queued and running work finish, then stop the inference thread."""
+        self.cache.close()
         self.scheduler.close()

@@ -25,6 +25,7 @@ class EmbeddingRequest(BaseModel):
     input_type: Literal["query", "document"] | None = None
     instruction: str | None = None
     truncate: StrictBool | None = None
+    keep_alive: float | None = None  # seconds this model stays loaded once idle (Ollama's); negative: forever
 
     @field_validator("input", mode="before")
     @classmethod
@@ -73,6 +74,7 @@ class RerankRequest(BaseModel):
     decision_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     instruction: str | None = None
     truncate: StrictBool | None = None
+    keep_alive: float | None = None
 
     @field_validator("documents", mode="before")
     @classmethod
@@ -90,6 +92,23 @@ class RerankRequest(BaseModel):
                 raise ValueError(f"documents[{i}] must be a string or an object with a string `text`, not {_kind(doc)}")
             out.append(doc)
         return out
+
+
+class NameRequest(BaseModel):
+    """Bodies of the Ollama-style control endpoints: `{"name": ...}` (Ollama also accepts `model`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(min_length=1)
+
+
+def parse_name_request(body: dict[str, Any]) -> NameRequest:
+    if "name" not in body and isinstance(body.get("model"), str):
+        body = {**body, "name": body["model"]}
+    try:
+        return NameRequest.model_validate(body)
+    except ValidationError as exc:
+        raise _as_api_error(exc) from None
 
 
 def _require_model(body: dict[str, Any]) -> None:
@@ -138,4 +157,12 @@ def _as_api_error(exc: ValidationError) -> ApiError:
     return bad_request(message, f"invalid_{field}", field)
 
 
-__all__ = ["EmbeddingRequest", "RerankRequest", "model_not_found", "parse_embedding_request", "parse_rerank_request"]
+__all__ = [
+    "EmbeddingRequest",
+    "NameRequest",
+    "RerankRequest",
+    "model_not_found",
+    "parse_embedding_request",
+    "parse_name_request",
+    "parse_rerank_request",
+]

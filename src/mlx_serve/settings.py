@@ -43,6 +43,7 @@ class Settings(BaseModel):
     cache_max_reranker_models: int = Field(ge=1)
     cache_ttl_seconds: int
     preload_models: tuple[str, ...]
+    preload_pinned: bool
     graceful_timeout: int = Field(ge=0)
     start_timeout: float = Field(gt=0)
     threads: int = Field(ge=1, le=256)

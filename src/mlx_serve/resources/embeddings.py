@@ -30,6 +30,7 @@ class EmbeddingsResource:
                 request.instruction,
                 request.input_type,
                 request.truncate,
+                request.keep_alive,
             )
         tokens = sum(result.embeddings.token_counts)
         req.context.tokens = tokens

@@ -22,7 +22,12 @@ class RerankResource:
         req.context.model = request.model
         with runtime_errors(request.model, "documents"):
             result = self.runtime.rerank(
-                request.model, request.query, request.documents, request.instruction, request.truncate
+                request.model,
+                request.query,
+                request.documents,
+                request.instruction,
+                request.truncate,
+                request.keep_alive,
             )
         req.context.tokens = result.tokens
         # Highest score first; equal scores keep document order (a stable sort).
