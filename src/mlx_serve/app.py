@@ -17,6 +17,7 @@ from mlx_serve.resources.health import HealthResource
 from mlx_serve.resources.metrics import MetricsResource
 from mlx_serve.resources.models import ModelsResource
 from mlx_serve.resources.rerank import RerankResource
+from mlx_serve.resources.store import DeleteResource, PullResource, ShowResource, TagsResource
 from mlx_serve.runtime import Runtime
 from mlx_serve.settings import Settings
 
@@ -67,6 +68,10 @@ def create_app(settings: Settings, runtime: Runtime, metrics: Metrics) -> falcon
     app.add_route("/rerank", rerank)
     app.add_route("/v1/models", ModelsResource(runtime.store))
     app.add_route("/api/ps", PsResource(runtime))
+    app.add_route("/api/tags", TagsResource(runtime))
+    app.add_route("/api/show", ShowResource(runtime, settings.max_request_bytes))
+    app.add_route("/api/delete", DeleteResource(runtime, settings.max_request_bytes))
+    app.add_route("/api/pull", PullResource(runtime, settings.max_request_bytes))
     app.add_route("/api/unload", UnloadResource(runtime, settings.max_request_bytes))
     app.add_route("/health", HealthResource(runtime))
     app.add_route("/metrics", MetricsResource(metrics))

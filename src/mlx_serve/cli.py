@@ -311,29 +311,92 @@ def cmd_ps(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     return 0
 
 
-def cmd_pull(args: argparse.Namespace, loaded: LoadedSettings) -> int:
-    from mlx_serve.store import ModelStore, StoreError
+def _store(settings: Settings):
+    from mlx_serve.store import ModelStore
 
-    source = Path(args.source).expanduser()
-    if not source.is_dir():
+    return ModelStore(settings.models_dir, settings.model_aliases)
+
+
+def cmd_pull(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    from mlx_serve.pull import pull
+    from mlx_serve.store import StoreError
+
+    as_json = args.progress == "json"  # NDJSON lines, as /api/pull streams them
+
+    def report(progress: Any) -> None:
+        if as_json:
+            print(json.dumps(progress.to_dict()), flush=True)
+
+    try:
+        entry, did = pull(
+            _store(loaded.settings),
+            args.source,
+            args.name,
+            args.type,
+            args.quantize,
+            report=report,
+            show_bars=sys.stderr.isatty() and not as_json,
+        )
+    except StoreError as exc:
         print(
-            f"mlx-serve: {args.source} is not a directory (pulling from the hub is not available yet)", file=sys.stderr
+            json.dumps({"error": str(exc)}) if as_json else f"mlx-serve: {exc}",
+            file=sys.stdout if as_json else sys.stderr,
+            flush=True,
         )
         return 1
-    name = args.name or source.resolve().name
+    if not as_json:
+        print(f"{'pulled' if did else 'already pulled:'} {entry.name} ({entry.type}) into {entry.path}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    from mlx_serve.store import InvalidNameError
+
+    store = _store(loaded.settings)
     try:
-        entry = ModelStore(loaded.settings.models_dir).import_dir(source, name, args.type)
-    except StoreError as exc:
+        entry = store.get(args.name)
+    except InvalidNameError as exc:
         print(f"mlx-serve: {exc}", file=sys.stderr)
         return 1
-    print(f"pulled {entry.name} ({entry.type}) into {entry.path}")
+    if entry is None:
+        print(f"mlx-serve: no model {args.name!r}", file=sys.stderr)
+        return 1
+    details = store.describe(entry)
+    if args.json:
+        print(json.dumps(details, indent=2))
+    else:
+        width = max(len(k) for k in details)
+        for key, value in details.items():
+            print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    from mlx_serve.store import StoreError
+
+    inst = lifecycle.inspect(home_dir(), loaded.settings.port)
+    if inst.state == "running":  # let the server unload it after its in-flight requests, then delete
+        request = urllib.request.Request(
+            f"{inst.url}/api/delete", method="DELETE", data=json.dumps({"name": args.name}).encode()
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=loaded.settings.request_timeout + 10):
+                pass
+        except urllib.error.HTTPError as exc:
+            print(f"mlx-serve: {json.load(exc)['error']['message']}", file=sys.stderr)
+            return 1
+    else:
+        try:
+            _store(loaded.settings).delete(args.name)
+        except StoreError as exc:
+            print(f"mlx-serve: {exc}", file=sys.stderr)
+            return 1
+    print(f"removed {args.name}")
     return 0
 
 
 def cmd_list(args: argparse.Namespace, loaded: LoadedSettings) -> int:
-    from mlx_serve.store import ModelStore
-
-    entries = ModelStore(loaded.settings.models_dir).list()
+    entries = _store(loaded.settings).list()
     if args.json:
         print(json.dumps([e.to_dict() for e in entries], indent=2))
         return 0
@@ -390,11 +453,23 @@ def parser() -> argparse.ArgumentParser:
     config.add_argument("--json", action="store_true")
     config.set_defaults(func=cmd_config)
 
-    pull = sub.add_parser("pull", help="import a model directory in the Hugging Face layout")
-    pull.add_argument("source", help="a local model directory")
-    pull.add_argument("--name", help="name in the store (default: the directory's name)")
-    pull.add_argument("--type", choices=["embedding", "reranker"], help="default: detected from config.json")
+    pull = sub.add_parser("pull", help="pull a model from the Hugging Face Hub or a local directory")
+    pull.add_argument("source", help="a hub repo id (Qwen/Qwen3-Embedding-0.6B) or a model directory")
+    pull.add_argument("--name", help="name in the store (default: the repo's or directory's last part)")
+    pull.add_argument("--type", choices=["embedding", "reranker"], help="default: detected from the files")
+    pull.add_argument("--quantize", type=int, choices=[4, 8], help="quantize a decoder model's weights")
+    pull.add_argument("--progress", choices=["bar", "json"], default="bar", help="json: NDJSON progress lines")
     pull.set_defaults(func=cmd_pull)
+
+    show = sub.add_parser("show", help="a stored model's details")
+    show.add_argument("name")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_show)
+
+    remove = sub.add_parser("remove", help="delete a model from the store (a running server unloads it first)")
+    remove.add_argument("name")
+    remove.add_argument("--port", type=int, help="the running server's port (settings key: port)")
+    remove.set_defaults(func=cmd_remove)
 
     lst = sub.add_parser("list", help="list the models in the store")
     lst.add_argument("--json", action="store_true")

@@ -6,6 +6,7 @@ request thread waits on its future with a deadline. Loaded models live in one LR
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -84,6 +85,17 @@ class Runtime:
     def loaded(self) -> list[str]:
         return self.cache.loaded()
 
+    def delete(self, name: str) -> None:
+        """Remove a stored model; if loaded, it is unloaded after its in-flight requests first."""
+        entry = self.entry(name)
+        if self.cache.request_unload(entry.name):
+            deadline = time.monotonic() + self.settings.request_timeout
+            while entry.name in self.cache.loaded():
+                if time.monotonic() > deadline:
+                    raise Overloaded(f"{entry.name} is still in use after {self.settings.request_timeout:g} s")
+                time.sleep(0.05)
+        self.store.delete(entry.name)
+
     def unload(self, name: str) -> bool:
         """Unload `name` once its in-flight requests finish; False if it is not loaded."""
         self.entry(name)  # ModelNotFound for a name the store does not have
@@ -136,6 +148,7 @@ class Runtime:
         keep_alive: float | None = None,
     ) -> EmbedResult:
         entry = self.entry(name)
+        name = entry.name  # an alias answers with the real name
         if entry.type != "embedding":
             raise InvalidRequest(f"{name} is a {entry.type}, not an embedding model; use /v1/rerank", "model")
         if input_type == "document" and instruction:
@@ -170,6 +183,7 @@ class Runtime:
         keep_alive: float | None = None,
     ) -> RerankResult:
         entry = self.entry(name)
+        name = entry.name
         truncate = self.settings.auto_truncate if truncate is None else truncate
         counts: list[int] = []
 

@@ -78,7 +78,7 @@ class Server(BaseApplication):
         if blas.STATUS.needs_warning:
             log.warning("slow_blas", hint=blas.HINT)
         metrics = Metrics()
-        runtime = Runtime(self.settings, ModelStore(self.settings.models_dir), metrics)
+        runtime = Runtime(self.settings, ModelStore(self.settings.models_dir, self.settings.model_aliases), metrics)
         try:
             runtime.preload(self.settings.preload_models)
         except Exception as exc:

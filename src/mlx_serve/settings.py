@@ -55,6 +55,7 @@ class Settings(BaseModel):
     max_queued_requests: int = Field(ge=1)
     auto_truncate: bool
     model_instructions: dict[str, str]
+    model_aliases: dict[str, str]
     service: ServiceSettings
 
     @field_validator("log_level", mode="before")

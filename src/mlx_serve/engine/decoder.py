@@ -76,8 +76,9 @@ class DecoderStack:
 
     def token_logits(self, hidden: mx.array, token_ids: list[int]) -> mx.array:
         """Logits of a few vocabulary entries only, without the full (B, vocab) projection."""
-        if getattr(self.model.args, "tie_word_embeddings", False) or not hasattr(self.model, "lm_head"):
-            rows = self.inner.embed_tokens.weight[mx.array(token_ids)]
-        else:
-            rows = self.model.lm_head.weight[mx.array(token_ids)]
-        return hidden @ rows.T
+        tied = getattr(self.model.args, "tie_word_embeddings", False) or not hasattr(self.model, "lm_head")
+        head = self.inner.embed_tokens if tied else self.model.lm_head
+        if isinstance(head, (nn.QuantizedEmbedding, nn.QuantizedLinear)):  # packed weights: project, then pick
+            full = head.as_linear(hidden) if tied else head(hidden)
+            return full[:, mx.array(token_ids)]
+        return hidden @ head.weight[mx.array(token_ids)].T

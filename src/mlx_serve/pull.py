@@ -1,0 +1,169 @@
+"""Pulling a model into the store: from the Hugging Face Hub or a local directory, converted to what
+the engine loads.
+
+The hub path is huggingface_hub's own, so HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE work as everywhere.
+Files download into a staging folder inside the models directory and are removed whatever happens; the
+store installs the result with a rename, so a failed or interrupted pull leaves nothing half-written.
+Pulls of one name take a lock: a second pull of the same source waits, then finds the work done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlx_serve.store import ModelEntry, ModelStore, ModelType, StoreError, detect_type, validate_name
+
+# What a model directory needs; nothing else is downloaded (no .bin/.onnx duplicates of the weights).
+HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.py", "1_Pooling/*", "2_Normalize/*"]
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class Progress:
+    status: str
+    completed: int | None = None
+    total: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"status": self.status}
+        if self.total is not None:
+            out.update(completed=self.completed or 0, total=self.total)
+        return out
+
+
+Report = Callable[[Progress], None]
+
+
+def default_name(source: str) -> str:
+    """`Qwen/Qwen3-Embedding-0.6B` -> `Qwen3-Embedding-0.6B`; a directory -> its own name."""
+    return Path(source.rstrip("/")).name
+
+
+def pull(
+    store: ModelStore,
+    source: str,
+    name: str | None = None,
+    model_type: ModelType | None = None,
+    quantize: int | None = None,
+    report: Report | None = None,
+    show_bars: bool = False,
+) -> tuple[ModelEntry, bool]:
+    """Pull `source` into the store as `name`. Returns the entry and whether any work was done."""
+    report = report or (lambda _p: None)
+    name = validate_name(name or default_name(source))
+    local = Path(source).expanduser()
+    if local.is_dir():
+        label, repo_id = str(local.resolve()), None
+    elif _REPO_ID.match(source):
+        label, repo_id = f"hf:{source}", source
+    else:
+        raise StoreError(f"{source!r} is neither a model directory nor a Hugging Face repo id (owner/name)")
+    if quantize not in (None, 4, 8):
+        raise StoreError(f"quantize must be 4 or 8, not {quantize}")
+    store.root.mkdir(parents=True, exist_ok=True)
+    with store.lock(name):
+        store.clean_leftovers(name)
+        existing = store.metadata(name)
+        if (
+            existing
+            and existing.get("source") == label
+            and existing.get("quantization") == quantize
+            and (model_type is None or existing.get("type") == model_type)
+        ):
+            report(Progress("success"))
+            entry = store.get(name)
+            assert entry is not None
+            return entry, False
+        download = Path(tempfile.mkdtemp(prefix=f".download-{name}-", dir=store.root))
+        try:
+            revision = None
+            if repo_id is not None:
+                report(Progress("pulling manifest"))
+                revision = _download(repo_id, download, report, show_bars)
+                local = download
+            report(Progress("converting"))
+            kind = model_type or detect_type(local)
+            entry = store.import_dir(
+                local,
+                name,
+                kind,
+                source_label=label,
+                revision=revision,
+                convert=lambda staging: _convert(staging, kind, quantize),
+            )
+        finally:
+            shutil.rmtree(download, ignore_errors=True)
+        report(Progress("success"))
+        return entry, True
+
+
+def _download(repo_id: str, target: Path, report: Report, show_bars: bool) -> str | None:
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import OfflineModeIsEnabled
+    from tqdm.auto import tqdm
+
+    class Reporting(tqdm):  # huggingface_hub's progress bars, relayed to our report
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            # A disabled bar keeps no counts of its own: keep ours.
+            self._bytes = kwargs.get("unit") == "B"
+            self._total = kwargs.get("total")
+            self._done = kwargs.get("initial", 0) or 0
+            kwargs["disable"] = not show_bars
+            super().__init__(*args, **kwargs)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            self._done += n or 0
+            total = getattr(self, "total", None) or self._total
+            if self._bytes and total:
+                report(Progress(f"pulling {repo_id}", int(self._done), int(total)))
+            return super().update(n)
+
+    try:
+        revision = None
+        with contextlib.suppress(OfflineModeIsEnabled):  # offline: the snapshot comes from the local cache
+            revision = HfApi().repo_info(repo_id).sha
+        snapshot_download(repo_id, revision=revision, local_dir=target, allow_patterns=HUB_FILES, tqdm_class=Reporting)
+    except Exception as exc:  # HTTP, transport (dropped connections) and file errors alike
+        raise StoreError(f"could not download {repo_id}: {exc}") from exc
+    return revision
+
+
+def _convert(staging: Path, kind: ModelType, quantize: int | None) -> dict[str, Any]:
+    """Encoders stay as they are (safetensors); decoders go through mlx-lm, optionally quantized."""
+    config = json.loads((staging / "config.json").read_text())
+    if config.get("model_type") == "bert":
+        if quantize:
+            raise StoreError("quantization is for decoder models (Qwen3 and others mlx-lm loads), not BERT encoders")
+        return {}
+    import mlx.core as mx
+    from mlx_lm.utils import quantize_model, save_config, save_model
+
+    from mlx_serve.engine.decoder import DecoderStack
+
+    stack = DecoderStack.load(staging, mx.float32 if quantize else _dtype_of(config))
+    model, new_config = stack.model, dict(stack.config)
+    if kind == "embedding" and "lm_head" in model:
+        model.pop("lm_head")  # embeddings never use it; loading supplies a placeholder, so no disk is spent
+    if quantize:
+        model, new_config = quantize_model(model, new_config, group_size=64, bits=quantize)
+    for old in staging.glob("model*.safetensors"):
+        old.unlink()
+    (staging / "model.safetensors.index.json").unlink(missing_ok=True)
+    save_model(staging, model)
+    save_config(new_config, staging / "config.json")
+    return {"quantization": quantize}
+
+
+def _dtype_of(config: dict) -> Any:
+    import mlx.core as mx
+
+    name = config.get("torch_dtype") or config.get("dtype") or "float32"
+    return {"bfloat16": mx.bfloat16, "float16": mx.float16}.get(str(name), mx.float32)

@@ -1,0 +1,259 @@
+"""Pulling models: from a hub (a local server that behaves like it, through HF_ENDPOINT) or a directory;
+interrupted downloads, concurrent pulls, quantization, aliases, and the Ollama-style store endpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from falcon import testing
+
+from mlx_serve.app import create_app
+from mlx_serve.metrics import Metrics
+from mlx_serve.runtime import Runtime
+from mlx_serve.settings import load_settings
+from mlx_serve.store import ModelStore
+
+from . import tiny_models
+from .conftest import MINILM
+from .fake_hub import SHA, FakeHub
+from .test_api_rerank import hold_inference_thread
+
+
+@pytest.fixture(scope="module")
+def repos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("repos")
+    return {
+        "acme/Tiny-Embedding": tiny_models.qwen3(root / "emb", "embedding", seed=21),
+        "acme/Tiny-Reranker": tiny_models.qwen3(root / "rr", "reranker", seed=22),
+        "acme/Tiny-CrossEncoder": tiny_models.bert_cross_encoder(root / "ce", seed=23),
+    }
+
+
+@pytest.fixture
+def hub(repos, monkeypatch, tmp_path: Path) -> Iterator[FakeHub]:
+    server = FakeHub()
+    for repo_id, path in repos.items():
+        server.add(repo_id, path)
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no cache shared with anything else
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    yield server
+    server.close()
+
+
+def cli(home: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("MLX_SERVE_")}
+    full.update(HOME=str(home), **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "mlx_serve", *args], capture_output=True, text=True, env=full, timeout=120
+    )
+
+
+def models_dir(home: Path) -> Path:
+    return home / ".mlx-serve" / "models"
+
+
+def test_pull_from_the_hub_detects_type_and_records_metadata(home: Path, hub: FakeHub) -> None:
+    out = cli(home, "pull", "acme/Tiny-Embedding")
+    assert out.returncode == 0, out.stderr
+    meta = json.loads((models_dir(home) / "Tiny-Embedding" / "mlx-serve.json").read_text())
+    assert meta["type"] == "embedding" and meta["source"] == "hf:acme/Tiny-Embedding" and meta["revision"] == SHA
+    assert meta["dimensions"] == 64 and meta["max_length"] == 128 and meta["quantization"] is None
+    assert meta["size"] > 0 and meta["pulled_at"].endswith("Z") and meta["architecture"] == "Qwen3ForCausalLM"
+    assert cli(home, "pull", "acme/Tiny-Reranker").returncode == 0
+    assert cli(home, "pull", "acme/Tiny-CrossEncoder", "--name", "ce").returncode == 0
+    listed = {m["name"]: m["type"] for m in json.loads(cli(home, "list", "--json").stdout)}
+    assert listed == {"Tiny-Embedding": "embedding", "Tiny-Reranker": "reranker", "ce": "reranker", MINILM: "embedding"}
+    shown = json.loads(cli(home, "show", "Tiny-Reranker", "--json").stdout)
+    assert shown["type"] == "reranker" and shown["source"] == "hf:acme/Tiny-Reranker"
+    # Nothing but the models is left behind: no staging or download folders.
+    assert sorted(p.name for p in models_dir(home).iterdir() if not p.name.startswith(".locks")) == [
+        "Tiny-Embedding",
+        "Tiny-Reranker",
+        "ce",
+    ]
+
+
+def test_hub_and_directory_pulls_serve_the_same_vectors(home: Path, hub: FakeHub, repos) -> None:
+    assert cli(home, "pull", "acme/Tiny-Embedding", "--name", "from-hub").returncode == 0
+    assert cli(home, "pull", str(repos["acme/Tiny-Embedding"]), "--name", "from-dir").returncode == 0
+    settings = load_settings().settings
+    runtime = Runtime(settings, ModelStore(settings.models_dir), Metrics())
+    try:
+        a, b = (runtime.embed(n, ["same text"]).embeddings.vectors for n in ("from-hub", "from-dir"))
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    finally:
+        runtime.close()
+
+
+def test_a_dropped_connection_is_resumed(home: Path, hub: FakeHub, repos) -> None:
+    hub.cuts["model.safetensors"] = 1
+    out = cli(home, "pull", "acme/Tiny-Embedding")
+    assert out.returncode == 0, out.stderr
+    stored = models_dir(home) / "Tiny-Embedding" / "model.safetensors"
+    assert stored.stat().st_size > 0 and hub.cuts["model.safetensors"] == 0
+
+
+def test_a_failed_download_leaves_nothing_and_a_retry_succeeds(home: Path, hub: FakeHub) -> None:
+    hub.cuts["model.safetensors"] = 1000  # every attempt is cut: huggingface_hub gives up
+    failed = cli(home, "pull", "acme/Tiny-Embedding")
+    assert failed.returncode == 1 and "could not download" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert [p.name for p in models_dir(home).iterdir() if p.name != ".locks"] == []  # no half model, no staging
+    hub.cuts.clear()
+    assert cli(home, "pull", "acme/Tiny-Embedding").returncode == 0
+    assert (models_dir(home) / "Tiny-Embedding" / "mlx-serve.json").exists()
+
+
+def test_concurrent_pulls_of_one_model_do_the_work_once(home: Path, hub: FakeHub) -> None:
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda _: cli(home, "pull", "acme/Tiny-Reranker"), range(3)))
+    assert [r.returncode for r in results] == [0, 0, 0]
+    assert hub.downloads["model.safetensors"] == 1
+    assert sum("already pulled" in r.stdout for r in results) == 2
+
+
+def test_quantized_pull(home: Path, hub: FakeHub) -> None:
+    assert cli(home, "pull", "acme/Tiny-Embedding", "--name", "q8", "--quantize", "8").returncode == 0
+    assert cli(home, "pull", "acme/Tiny-Embedding", "--name", "full").returncode == 0
+    assert json.loads((models_dir(home) / "q8" / "mlx-serve.json").read_text())["quantization"] == 8
+    settings = load_settings().settings
+    runtime = Runtime(settings, ModelStore(settings.models_dir), Metrics())
+    try:
+        q, f = (runtime.embed(n, ["quantized text"]).embeddings.vectors[0] for n in ("q8", "full"))
+        assert float(q @ f) > 0.99
+    finally:
+        runtime.close()
+    bad = cli(home, "pull", "acme/Tiny-CrossEncoder", "--quantize", "4")
+    assert bad.returncode == 1 and "decoder" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("no/such-repo", "could not download"),
+        ("no-slash-here", "neither a model directory"),
+        ("acme/Tiny-Embedding --name ../x", "invalid model name"),
+    ],
+)
+def test_pull_errors_are_clear(home: Path, hub: FakeHub, source: str, message: str) -> None:
+    out = cli(home, "pull", *source.split(" "))
+    assert out.returncode in (1, 2) and message in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_aliases_resolve_wherever_a_name_is_accepted(home: Path, repos, monkeypatch) -> None:
+    store = ModelStore(models_dir(home))
+    store.import_dir(repos["acme/Tiny-CrossEncoder"], "tiny-ce")
+    monkeypatch.setenv("MLX_SERVE_MODEL_ALIASES", '{mini = "all-MiniLM-L6-v2", ce = "tiny-ce"}')
+    settings = load_settings().settings
+    runtime = Runtime(settings, ModelStore(settings.models_dir, settings.model_aliases), Metrics())
+    try:
+        client = testing.TestClient(create_app(settings, runtime, runtime.metrics))
+        emb = client.simulate_post("/v1/embeddings", json={"model": "mini", "input": "x"})
+        assert emb.status_code == 200 and emb.json["model"] == MINILM
+        assert (
+            client.simulate_post("/v1/rerank", json={"model": "ce", "query": "q", "documents": ["d"]}).json["model"]
+            == "tiny-ce"
+        )
+        assert client.simulate_post("/api/show", json={"name": "ce"}).json["name"] == "tiny-ce"
+    finally:
+        runtime.close()
+    assert (
+        json.loads(
+            cli(home, "show", "mini", "--json", env={"MLX_SERVE_MODEL_ALIASES": '{mini = "all-MiniLM-L6-v2"}'}).stdout
+        )["name"]
+        == MINILM
+    )
+
+
+@pytest.fixture
+def app(home: Path, repos) -> Iterator[tuple[testing.TestClient, Runtime]]:
+    settings = load_settings().settings
+    store = ModelStore(settings.models_dir)
+    store.import_dir(repos["acme/Tiny-Embedding"], "emb")
+    runtime = Runtime(settings, store, Metrics())
+    yield testing.TestClient(create_app(settings, runtime, runtime.metrics)), runtime
+    runtime.close()
+
+
+def test_api_pull_streams_ndjson_progress(app, hub: FakeHub) -> None:
+    client, _ = app
+    result = client.simulate_post("/api/pull", json={"model": "acme/Tiny-Reranker"})
+    assert result.status_code == 200 and result.headers["content-type"] == "application/x-ndjson"
+    lines = [json.loads(line) for line in result.text.splitlines()]
+    assert lines[0] == {"status": "pulling manifest"} and lines[-1] == {"status": "success"}
+    downloads = [line for line in lines if "total" in line]
+    assert downloads and all(0 <= d["completed"] <= d["total"] for d in downloads)
+    assert any(d["completed"] == d["total"] for d in downloads)
+    tags = {m["name"]: m for m in client.simulate_get("/api/tags").json["models"]}
+    assert tags["Tiny-Reranker"]["type"] == "reranker" and tags["Tiny-Reranker"]["size"] > 0
+    assert tags["Tiny-Reranker"]["modified_at"].endswith("Z")
+    failed = client.simulate_post("/api/pull", json={"model": "no/such-repo"})
+    assert "error" in [json.loads(line) for line in failed.text.splitlines()][-1]
+    once = client.simulate_post("/api/pull", json={"name": "acme/Tiny-Reranker", "stream": False})
+    assert once.json == {"status": "success"}
+
+
+def test_api_show_tags_and_models(app) -> None:
+    client, _ = app
+    shown = client.simulate_post("/api/show", json={"name": "emb"}).json
+    assert shown["type"] == "embedding" and shown["dimensions"] == 64 and shown["name"] == "emb"
+    assert client.simulate_post("/api/show", json={"model": MINILM}).json["type"] == "embedding"
+    assert client.simulate_post("/api/show", json={"name": "nope"}).status_code == 404
+    assert client.simulate_post("/api/show", json={"name": "../../etc"}).status_code == 404
+    assert {m["name"] for m in client.simulate_get("/api/tags").json["models"]} == {"emb", MINILM}
+    assert {(m["id"], m["type"]) for m in client.simulate_get("/v1/models").json["data"]} == {
+        ("emb", "embedding"),
+        (MINILM, "embedding"),
+    }
+
+
+def test_api_delete_waits_for_a_running_request(app) -> None:
+    client, runtime = app
+    assert client.simulate_post("/v1/embeddings", json={"model": "emb", "input": "load"}).status_code == 200
+    release = hold_inference_thread(runtime)
+    running: dict = {}
+    request = threading.Thread(
+        target=lambda: running.setdefault(
+            "r", client.simulate_post("/v1/embeddings", json={"model": "emb", "input": "in flight"})
+        )
+    )
+    request.start()
+    deleting: dict = {}
+    delete = threading.Thread(
+        target=lambda: deleting.setdefault("r", client.simulate_delete("/api/delete", json={"name": "emb"}))
+    )
+    delete.start()
+    delete.join(timeout=1.0)
+    assert delete.is_alive(), "delete must wait for the in-flight request"
+    assert (runtime.store.root / "emb").exists()
+    release.set()
+    request.join()
+    delete.join(timeout=30)
+    assert running["r"].status_code == 200
+    assert deleting["r"].json == {"status": "success", "name": "emb"}
+    assert not (runtime.store.root / "emb").exists() and runtime.loaded() == []
+    assert client.simulate_post("/v1/embeddings", json={"model": "emb", "input": "x"}).status_code == 404
+    assert client.simulate_delete("/api/delete", json={"name": "emb"}).status_code == 404
+    builtin = client.simulate_delete("/api/delete", json={"name": MINILM})
+    assert builtin.status_code == 400 and "built in" in builtin.json["error"]["message"]
+
+
+def test_cli_show_and_remove(home: Path, repos) -> None:
+    ModelStore(models_dir(home)).import_dir(repos["acme/Tiny-CrossEncoder"], "ce")
+    table = cli(home, "show", "ce")
+    assert table.returncode == 0 and "reranker" in table.stdout
+    assert cli(home, "remove", "ce").returncode == 0
+    assert not (models_dir(home) / "ce").exists()
+    missing = cli(home, "remove", "ce")
+    assert missing.returncode == 1 and "no model" in missing.stderr
