@@ -11,16 +11,14 @@ from __future__ import annotations
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from embed_throughput import make_texts
+from embed_throughput import make_texts, median_seconds
 from peer import peer_seconds
 
 MODEL = "all-MiniLM-L6-v2"
@@ -36,16 +34,6 @@ def post(url: str, texts: list[str]) -> int:
     body = json.dumps({"model": MODEL, "input": texts}).encode()
     with urllib.request.urlopen(f"{url}/v1/embeddings", data=body, timeout=300) as resp:
         return json.load(resp)["usage"]["total_tokens"]
-
-
-def timed(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -75,8 +63,8 @@ def main() -> None:
 
         singles = [[t] for t in make_texts(16, 12, seed=1)]
         with ThreadPoolExecutor(16) as pool:
-            sequential = timed(lambda: [post(url, t) for t in singles], 3)
-            concurrent = timed(lambda: list(pool.map(lambda t: post(url, t), singles)), 3)
+            sequential = median_seconds(lambda: [post(url, t) for t in singles], 3, warmup=1)
+            concurrent = median_seconds(lambda: list(pool.map(lambda t: post(url, t), singles)), 3, warmup=1)
         print(
             f"(a) 16 single-text requests: one after another {sequential * 1000:.0f} ms, "
             f"16 concurrent clients {concurrent * 1000:.0f} ms -> {sequential / concurrent:.2f}x"
@@ -86,7 +74,7 @@ def main() -> None:
         all_texts = [t for chunk in chunks for t in chunk]
         tokens = sum(post(url, chunk) for chunk in chunks)
         with ThreadPoolExecutor(8) as pool:
-            http = timed(lambda: list(pool.map(lambda c: post(url, c), chunks)), 3)
+            http = median_seconds(lambda: list(pool.map(lambda c: post(url, c), chunks)), 3, warmup=1)
 
         in_process = peer_seconds(all_texts, len(all_texts), 3)
         print(

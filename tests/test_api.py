@@ -139,38 +139,39 @@ def test_malformed_bodies(client, raw, code) -> None:
     assert_error(result, 400, code)
 
 
-def test_body_over_the_limit_is_413(home, monkeypatch) -> None:
+@pytest.fixture
+def client_with(home, monkeypatch):
+    """A client for an app whose settings take these MLX_SERVE_* environment values."""
     from mlx_serve.metrics import Metrics
     from mlx_serve.settings import load_settings
     from mlx_serve.store import ModelStore
 
-    monkeypatch.setenv("MLX_SERVE_MAX_REQUEST_BYTES", "2048")
-    settings = load_settings().settings
-    runtime = Runtime(settings, ModelStore(settings.models_dir), Metrics())
-    try:
-        client = testing.TestClient(create_app(settings, runtime, runtime.metrics))
-        big = json.dumps({"model": MINILM, "input": "x" * 5000})
-        assert_error(client.simulate_post("/v1/embeddings", body=big), 413, "payload_too_large")
-        assert embed(client, input="small").status_code == 200
-    finally:
+    runtimes: list[Runtime] = []
+
+    def make(**env: str) -> testing.TestClient:
+        for key, value in env.items():
+            monkeypatch.setenv(f"MLX_SERVE_{key.upper()}", value)
+        settings = load_settings().settings
+        runtimes.append(Runtime(settings, ModelStore(settings.models_dir), Metrics()))
+        return testing.TestClient(create_app(settings, runtimes[-1], runtimes[-1].metrics))
+
+    yield make
+    for runtime in runtimes:
         runtime.close()
 
 
-def test_too_many_inputs(home, monkeypatch) -> None:
-    from mlx_serve.metrics import Metrics
-    from mlx_serve.settings import load_settings
-    from mlx_serve.store import ModelStore
+def test_body_over_the_limit_is_413(client_with) -> None:
+    client = client_with(max_request_bytes="2048")
+    big = json.dumps({"model": MINILM, "input": "x" * 5000})
+    assert_error(client.simulate_post("/v1/embeddings", body=big), 413, "payload_too_large")
+    assert embed(client, input="small").status_code == 200
 
-    monkeypatch.setenv("MLX_SERVE_MAX_INPUTS_PER_REQUEST", "3")
-    settings = load_settings().settings
-    runtime = Runtime(settings, ModelStore(settings.models_dir), Metrics())
-    try:
-        client = testing.TestClient(create_app(settings, runtime, runtime.metrics))
-        error = assert_error(embed(client, input=["a"] * 4), 400, "too_many_inputs")
-        assert "3" in error["message"]
-        assert embed(client, input=["a"] * 3).status_code == 200
-    finally:
-        runtime.close()
+
+def test_too_many_inputs(client_with) -> None:
+    client = client_with(max_inputs_per_request="3")
+    error = assert_error(embed(client, input=["a"] * 4), 400, "too_many_inputs")
+    assert "3" in error["message"]
+    assert embed(client, input=["a"] * 3).status_code == 200
 
 
 @pytest.mark.parametrize(

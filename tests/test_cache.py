@@ -113,7 +113,7 @@ def test_idle_ttl_unloads_with_no_traffic(make) -> None:
     finished = time.monotonic()
     assert s.loaded() == ["emb-a"]
     s.wait_for(lambda: s.loaded() == [], timeout=4)
-    assert 0.9 <= time.monotonic() - finished <= 2.5
+    assert 0.9 <= time.monotonic() - finished <= 3.0  # the deadline, plus the two seconds the plan allows
     assert s.metric('mlx_serve_cache_evictions_total{reason="ttl",type="embedding"}') == 1
 
 
@@ -150,13 +150,15 @@ def test_a_request_longer_than_the_ttl_keeps_its_model(make) -> None:
 def test_eviction_when_every_model_is_leased_exceeds_the_cap_then_trims(make) -> None:
     s = make(cache_max_embedding_models="1", cache_ttl_seconds="-1")
     assert s.embed("emb-a") == 200
-    with s.runtime.cache.lease(s.runtime.entry("emb-a")):  # as an in-flight request holds it
-        assert s.embed("emb-b") == 200
-        assert sorted(s.loaded()) == ["emb-a", "emb-b"]  # over the cap, but nothing was torn down
-    # Once the lease ends, back to the cap: emb-b's request ended before the lease on emb-a did, so emb-b
-    # is the least recently used.
-    s.wait_for(lambda: s.loaded() == ["emb-a"])
+    cache = s.runtime.cache
+    with cache.lease(s.runtime.entry("emb-a")):  # as in-flight requests hold them
+        with cache.lease(s.runtime.entry("emb-b")):
+            assert s.embed("emb-b") == 200
+            assert sorted(s.loaded()) == ["emb-a", "emb-b"]  # over the cap, but nothing was torn down
+        # emb-b is idle now and the cache over its cap: it trims back, sparing the model still in use.
+        s.wait_for(lambda: s.loaded() == ["emb-a"])
     assert s.metric('mlx_serve_cache_evictions_total{reason="lru",type="embedding"}') == 1
+    assert s.loaded() == ["emb-a"]
 
 
 @pytest.mark.parametrize("layer", ["config.yaml", "environment", "cli"])

@@ -45,7 +45,6 @@ def qwen_tokenizer(path: Path, append_eos: bool) -> None:
 def qwen3(path: Path, kind: str, seed: int = 0, tie: bool = True) -> Path:
     """kind: "embedding" (saved as the bare Qwen3Model, with sentence-transformers files) or "reranker"
     (a Qwen3ForCausalLM)."""
-    import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3Model
 
     path.mkdir(parents=True, exist_ok=True)
@@ -70,11 +69,7 @@ def qwen3(path: Path, kind: str, seed: int = 0, tie: bool = True) -> Path:
         eos_token_id=0,
         pad_token_id=0,
     )
-    torch.manual_seed(seed)
-    model = (Qwen3Model if kind == "embedding" else Qwen3ForCausalLM)(config).eval()
-    with torch.no_grad():  # random weights of a realistic scale, so scores are not all 0.5
-        for p in model.parameters():
-            p.normal_(0, 0.2)
+    model = _randomized((Qwen3Model if kind == "embedding" else Qwen3ForCausalLM)(config), seed)
     model.save_pretrained(path, safe_serialization=True)
     config_data = json.loads((path / "config.json").read_text())
     config_data["architectures"] = ["Qwen3ForCausalLM"]
@@ -99,7 +94,6 @@ def qwen3(path: Path, kind: str, seed: int = 0, tie: bool = True) -> Path:
 
 def bert_cross_encoder(path: Path, seed: int = 0) -> Path:
     """A BertForSequenceClassification with one label, and a WordPiece tokenizer that encodes pairs."""
-    import torch
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertConfig, BertForSequenceClassification
 
@@ -124,10 +118,17 @@ def bert_cross_encoder(path: Path, seed: int = 0) -> Path:
         num_labels=1,
         pad_token_id=0,
     )
+    model = _randomized(BertForSequenceClassification(config), seed)
+    model.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def _randomized(model, seed: int):
+    """Random weights of a realistic scale (so that scores are not all 0.5), the same for a seed."""
+    import torch
+
     torch.manual_seed(seed)
-    model = BertForSequenceClassification(config).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.2)
-    model.save_pretrained(path, safe_serialization=True)
-    return path
+    return model.eval()

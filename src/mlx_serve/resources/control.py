@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import falcon
 
 from mlx_serve.errors import model_not_found
+from mlx_serve.resources import iso_utc
 from mlx_serve.resources.body import read_json_object
 from mlx_serve.runtime import ModelNotFound, Runtime
 from mlx_serve.schemas import parse_name_request
 from mlx_serve.store import InvalidNameError
-
-
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 class PsResource:
@@ -23,7 +18,7 @@ class PsResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         models = self.runtime.cache.snapshot()
-        resp.media = {"models": [{**m, "expires_at": _iso(m["expires_at"])} for m in models]}
+        resp.media = {"models": [{**m, "expires_at": m["expires_at"] and iso_utc(m["expires_at"])} for m in models]}
 
 
 class UnloadResource:

@@ -7,19 +7,15 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime
 
 import falcon
 
 from mlx_serve.errors import ApiError, bad_request, model_not_found
+from mlx_serve.resources import iso_utc
 from mlx_serve.resources.body import read_json_object
 from mlx_serve.runtime import ModelNotFound, Overloaded, Runtime
 from mlx_serve.schemas import parse_name_request
 from mlx_serve.store import InvalidNameError, StoreError
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 class TagsResource:
@@ -37,7 +33,7 @@ class TagsResource:
                     "model": entry.name,
                     "type": entry.type,
                     "size": details.get("size", 0),
-                    "modified_at": _iso(entry.created),
+                    "modified_at": iso_utc(entry.created),
                     "details": {
                         k: details.get(k)
                         for k in ("architecture", "dimensions", "max_length", "quantization", "source", "revision")
