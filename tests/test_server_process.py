@@ -38,7 +38,8 @@ def server(home: Path) -> Iterator[tuple[str, subprocess.Popen]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLX_SERVE_")}
     env.update(HOME=str(home), MLX_SERVE_LOG_FORMAT="json")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlx_serve", "start", "--foreground", "--port", str(port)],
+        # The installed console script, as a user runs it.
+        [str(Path(sys.executable).with_name("mlx-serve")), "start", "--foreground", "--port", str(port)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
