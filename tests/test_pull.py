@@ -114,6 +114,20 @@ def test_a_failed_download_leaves_nothing_and_a_retry_succeeds(home: Path, hub: 
     assert (models_dir(home) / "Tiny-Embedding" / "mlx-serve.json").exists()
 
 
+def test_offline_pulls_come_from_the_local_hugging_face_cache(home: Path, hub: FakeHub, tmp_path: Path) -> None:
+    # Another tool filled the Hugging Face cache (HF_HOME) earlier...
+    fill = "from huggingface_hub import snapshot_download; snapshot_download('acme/Tiny-Reranker')"
+    subprocess.run([sys.executable, "-c", fill], check=True, env=os.environ.copy(), capture_output=True, timeout=60)
+    hub.close()  # ...and now there is no network at all
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
+    out = cli(home, "pull", "acme/Tiny-Reranker", env=offline)
+    assert out.returncode == 0, out.stderr
+    meta = json.loads((models_dir(home) / "Tiny-Reranker" / "mlx-serve.json").read_text())
+    assert meta["type"] == "reranker" and meta["source"] == "hf:acme/Tiny-Reranker"
+    missing = cli(home, "pull", "acme/Tiny-Embedding", env=offline)
+    assert missing.returncode == 1 and "could not download" in missing.stderr
+
+
 def test_concurrent_pulls_of_one_model_do_the_work_once(home: Path, hub: FakeHub) -> None:
     with ThreadPoolExecutor(3) as pool:
         results = list(pool.map(lambda _: cli(home, "pull", "acme/Tiny-Reranker"), range(3)))

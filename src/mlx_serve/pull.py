@@ -9,7 +9,6 @@ Pulls of one name take a lock: a second pull of the same source waits, then find
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import shutil
@@ -87,8 +86,7 @@ def pull(
             revision = None
             if repo_id is not None:
                 report(Progress("pulling manifest"))
-                revision = _download(repo_id, download, report, show_bars)
-                local = download
+                local, revision = _download(repo_id, download, report, show_bars)
             report(Progress("converting"))
             kind = model_type or detect_type(local)
             entry = store.import_dir(
@@ -105,9 +103,9 @@ def pull(
         return entry, True
 
 
-def _download(repo_id: str, target: Path, report: Report, show_bars: bool) -> str | None:
-    from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import OfflineModeIsEnabled
+def _download(repo_id: str, target: Path, report: Report, show_bars: bool) -> tuple[Path, str | None]:
+    """The repo's files in a local folder, and the revision pulled (None when offline)."""
+    from huggingface_hub import HfApi, constants, snapshot_download
     from tqdm.auto import tqdm
 
     class Reporting(tqdm):  # huggingface_hub's progress bars, relayed to our report
@@ -127,13 +125,13 @@ def _download(repo_id: str, target: Path, report: Report, show_bars: bool) -> st
             return super().update(n)
 
     try:
-        revision = None
-        with contextlib.suppress(OfflineModeIsEnabled):  # offline: the snapshot comes from the local cache
-            revision = HfApi().repo_info(repo_id).sha
+        if constants.HF_HUB_OFFLINE:  # HF_HUB_OFFLINE: what the local Hugging Face cache holds, no network
+            return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, local_files_only=True)), None
+        revision = HfApi().repo_info(repo_id).sha
         snapshot_download(repo_id, revision=revision, local_dir=target, allow_patterns=HUB_FILES, tqdm_class=Reporting)
-    except Exception as exc:  # HTTP, transport (dropped connections) and file errors alike
+    except Exception as exc:  # HTTP, transport (dropped connections), offline misses and file errors alike
         raise StoreError(f"could not download {repo_id}: {exc}") from exc
-    return revision
+    return target, revision
 
 
 def _convert(staging: Path, kind: ModelType, quantize: int | None) -> dict[str, Any]:
