@@ -20,10 +20,6 @@ from mlx_serve.settings import LoadedSettings, Settings, SettingsError, effectiv
 EXIT_CONFIG = 2
 
 
-def _settings(cli: dict[str, Any]) -> LoadedSettings:
-    return load_settings(cli=cli)
-
-
 def cmd_config(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     values = effective_values(loaded.settings)
     if args.json:
@@ -490,7 +486,7 @@ def _cli_layer(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        loaded = _settings(_cli_layer(args))
+        loaded = load_settings(cli=_cli_layer(args))
     except SettingsError as exc:
         print(exc, file=sys.stderr)
         print("mlx-serve: not started: fix the settings above.", file=sys.stderr)
