@@ -186,6 +186,7 @@ def _stop_one(port: int, settings: Settings, state: Path, force: bool, now: bool
     return 0
 
 
+PRINTING_COMMANDS = {"config", "list", "show", "ps", "status"}
 STATUS_EXIT = {"running": 0, "stale": 1, "stopped": 3}
 
 
@@ -485,6 +486,10 @@ def _cli_layer(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command in PRINTING_COMMANDS and hasattr(signal, "SIGPIPE"):
+        # `mlx-serve list | head` ends quietly, like other tools. Never for `start`: a server must get an
+        # error, not die, when a client hangs up.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
         loaded = load_settings(cli=_cli_layer(args))
     except SettingsError as exc:
