@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,3 +51,11 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def hold_inference_thread(runtime: Runtime) -> threading.Event:
+    """Occupy the inference thread until the returned event is set, so that requests queue up."""
+    release, started = threading.Event(), threading.Event()
+    runtime.scheduler.call(lambda: (started.set(), release.wait(30)))
+    assert started.wait(10)
+    return release

@@ -20,7 +20,7 @@ from mlx_serve.settings import load_settings
 from mlx_serve.store import ModelStore
 
 from . import tiny_models
-from .conftest import MINILM
+from .conftest import MINILM, hold_inference_thread
 
 DOCS = [
     "The capital of China is Beijing.",
@@ -236,14 +236,6 @@ def test_truncation_off_is_a_400_naming_the_input(api, home, model_dirs, monkeyp
         assert embed(strict, input=long_text, truncate=True).status_code == 200
     finally:
         runtime.close()
-
-
-def hold_inference_thread(runtime: Runtime) -> threading.Event:
-    """Occupy the inference thread until the returned event is set, so that requests queue up."""
-    release, started = threading.Event(), threading.Event()
-    runtime.scheduler.call(lambda: (started.set(), release.wait(30)))
-    assert started.wait(10)
-    return release
 
 
 def test_full_queue_is_a_503_and_others_still_succeed(home, model_dirs, monkeypatch) -> None:

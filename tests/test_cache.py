@@ -23,8 +23,7 @@ from mlx_serve.settings import load_settings
 from mlx_serve.store import ModelStore
 
 from . import tiny_models
-from .conftest import MINILM, free_port
-from .test_api_rerank import hold_inference_thread
+from .conftest import MINILM, free_port, hold_inference_thread
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,8 @@ from mlx_serve.settings import load_settings
 from mlx_serve.store import ModelStore
 
 from . import tiny_models
-from .conftest import MINILM
+from .conftest import MINILM, hold_inference_thread
 from .fake_hub import SHA, FakeHub
-from .test_api_rerank import hold_inference_thread
 
 
 @pytest.fixture(scope="module")

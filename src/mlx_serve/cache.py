@@ -117,6 +117,11 @@ class ModelCache:
             self._cond.notify_all()
             return True
 
+    def wait_unloaded(self, name: str, timeout: float) -> bool:
+        """Block until `name` is no longer loaded (e.g. after request_unload); False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: (s := self._find(name)) is None or s.model is None, timeout)
+
     def pin(self, entry: ModelEntry) -> None:
         """Never unload this model for idleness (preloads with `preload_pinned`)."""
         with self._cond:
@@ -196,6 +201,7 @@ class ModelCache:
             self.metrics.cache_evictions.labels(slot.entry.type, reason).inc()
             self.metrics.model_memory_bytes.remove(slot.entry.name)
             self._count_loaded()
+            self._cond.notify_all()  # wait_unloaded callers
         gc.collect()  # the model's object graph has cycles: free its arrays now, not at some later GC
         mx.clear_cache()
         log.info("model_unloaded", model=slot.entry.name, type=slot.entry.type, reason=reason, bytes=slot.nbytes)

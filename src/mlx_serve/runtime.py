@@ -6,7 +6,6 @@ request thread waits on its future with a deadline. Loaded models live in one LR
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -88,12 +87,9 @@ class Runtime:
     def delete(self, name: str) -> None:
         """Remove a stored model; if loaded, it is unloaded after its in-flight requests first."""
         entry = self.entry(name)
-        if self.cache.request_unload(entry.name):
-            deadline = time.monotonic() + self.settings.request_timeout
-            while entry.name in self.cache.loaded():
-                if time.monotonic() > deadline:
-                    raise Overloaded(f"{entry.name} is still in use after {self.settings.request_timeout:g} s")
-                time.sleep(0.05)
+        timeout = self.settings.request_timeout
+        if self.cache.request_unload(entry.name) and not self.cache.wait_unloaded(entry.name, timeout):
+            raise Overloaded(f"{entry.name} is still in use after {timeout:g} s")
         self.store.delete(entry.name)
 
     def unload(self, name: str) -> bool:
