@@ -15,6 +15,7 @@ from collections.abc import Callable
 import mlx_serve  # noqa: F401  (loads the fast BLAS before MLX)
 from mlx_serve import blas
 from mlx_serve.engine import load_embedder
+from mlx_serve.settings import load_settings
 from mlx_serve.store import builtin_model_dir
 from peer import peer_seconds
 
@@ -73,10 +74,11 @@ def main() -> None:
     texts = make_texts(args.texts, args.words)
     short = ["what is the capital of france?"]
 
+    budget = load_settings().settings.max_batch_tokens  # what the server would use
     mlx_model = load_embedder("all-MiniLM-L6-v2", model_dir)
-    tokens = sum(mlx_model.embed(texts, 16384).token_counts)
-    mlx_batch = median_seconds(lambda: mlx_model.embed(texts, 16384), args.repeats)
-    mlx_one = median_seconds(lambda: mlx_model.embed(short, 16384), args.repeats * 4)
+    tokens = sum(mlx_model.embed(texts, budget).token_counts)
+    mlx_batch = median_seconds(lambda: mlx_model.embed(texts, budget), args.repeats)
+    mlx_one = median_seconds(lambda: mlx_model.embed(short, budget), args.repeats * 4)
 
     st_batch = peer_seconds(texts, len(texts), args.repeats)
     st_one = peer_seconds(short, 1, args.repeats * 4)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,7 @@ from embed_throughput import make_texts, median_seconds
 from peer import peer_seconds
 
 MODEL = "all-MiniLM-L6-v2"
+PAIRS = 9
 
 
 def free_port() -> int:
@@ -63,11 +65,21 @@ def main() -> None:
 
         singles = [[t] for t in make_texts(16, 12, seed=1)]
         with ThreadPoolExecutor(16) as pool:
-            sequential = median_seconds(lambda: [post(url, t) for t in singles], 3, warmup=1)
-            concurrent = median_seconds(lambda: list(pool.map(lambda t: post(url, t), singles)), 3, warmup=1)
+            # Pairs, one of each kind in turn, so that the shared machine's drift hits both sides alike.
+            pairs = [
+                (
+                    median_seconds(lambda: [post(url, t) for t in singles], 1, warmup=1),
+                    median_seconds(lambda: list(pool.map(lambda t: post(url, t), singles)), 1, warmup=1),
+                )
+                for _ in range(PAIRS)
+            ]
+        sequential = statistics.median(s for s, _ in pairs)
+        concurrent = statistics.median(c for _, c in pairs)
+        ratios = sorted(s / c for s, c in pairs)
         print(
             f"(a) 16 single-text requests: one after another {sequential * 1000:.0f} ms, "
-            f"16 concurrent clients {concurrent * 1000:.0f} ms -> {sequential / concurrent:.2f}x"
+            f"16 concurrent clients {concurrent * 1000:.0f} ms -> {statistics.median(ratios):.2f}x "
+            f"(median of {PAIRS} pairs; range {ratios[0]:.2f}-{ratios[-1]:.2f}x)"
         )
 
         chunks = [make_texts(16, 125, seed=10 + i) for i in range(8)]
