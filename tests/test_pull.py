@@ -113,6 +113,38 @@ def test_a_failed_download_leaves_nothing_and_a_retry_succeeds(home: Path, hub: 
     assert (models_dir(home) / "Tiny-Embedding" / "mlx-serve.json").exists()
 
 
+MOVE_CHECK = """
+import json, sys
+from pathlib import Path
+from mlx_serve.pull import pull
+from mlx_serve.store import ModelStore
+
+store = ModelStore(Path(sys.argv[1]))
+downloaded = []
+
+def report(progress):
+    if progress.status == "converting":  # the download is complete here
+        (weights,) = store.root.glob(".download-*/model.safetensors")
+        downloaded.append(weights.stat().st_ino)
+
+entry, _ = pull(store, "acme/Tiny-Embedding", report=report)
+print(json.dumps({"downloaded": downloaded, "stored": (entry.path / "model.safetensors").stat().st_ino}))
+"""
+
+
+def test_a_hub_pull_moves_the_download_into_place_instead_of_copying_it(home: Path, hub: FakeHub) -> None:
+    # A copy would need twice the model's size on disk (16 GB more for an 8B model in bf16). In a child
+    # process, because huggingface_hub reads HF_ENDPOINT when it is imported.
+    out = subprocess.run(
+        [sys.executable, "-c", MOVE_CHECK, str(models_dir(home))], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    inodes = json.loads(out.stdout)
+    assert inodes["downloaded"] == [inodes["stored"]]
+    assert not list(models_dir(home).glob(".download-*"))
+    assert not (models_dir(home) / "Tiny-Embedding" / ".cache").exists()
+
+
 def test_offline_pulls_come_from_the_local_hugging_face_cache(home: Path, hub: FakeHub, tmp_path: Path) -> None:
     # Another tool filled the Hugging Face cache (HF_HOME) earlier...
     fill = "from huggingface_hub import snapshot_download; snapshot_download('acme/Tiny-Reranker')"
@@ -125,6 +157,8 @@ def test_offline_pulls_come_from_the_local_hugging_face_cache(home: Path, hub: F
     assert meta["type"] == "reranker" and meta["source"] == "hf:acme/Tiny-Reranker"
     missing = cli(home, "pull", "acme/Tiny-Embedding", env=offline)
     assert missing.returncode == 1 and "could not download" in missing.stderr
+    # The cache belongs to the user's other tools: it was copied from, never moved.
+    assert cli(home, "pull", "acme/Tiny-Reranker", "--name", "again", env=offline).returncode == 0
 
 
 def test_concurrent_pulls_of_one_model_do_the_work_once(home: Path, hub: FakeHub) -> None:

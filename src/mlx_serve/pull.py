@@ -96,6 +96,7 @@ def pull(
                 source_label=label,
                 revision=revision,
                 convert=lambda staging: _convert(staging, kind, quantize),
+                adopt=local == download,  # offline pulls read the Hugging Face cache, which must stay
             )
         finally:
             shutil.rmtree(download, ignore_errors=True)

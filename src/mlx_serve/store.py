@@ -147,10 +147,13 @@ class ModelStore:
         convert: Callable[[Path], dict] | None = None,
         source_label: str | None = None,
         revision: str | None = None,
+        adopt: bool = False,
     ) -> ModelEntry:
         """Copy a Hugging Face model directory into the store, atomically: a crash leaves no half model.
 
-        `convert(staging_dir)` may rewrite the copy (e.g. mlx-lm's conversion) and returns metadata to add."""
+        `convert(staging_dir)` may rewrite the copy (e.g. mlx-lm's conversion) and returns metadata to add.
+        `adopt`: `source` is a scratch folder of ours inside the store (a download), used as the staging
+        folder itself instead of copied, so a pull never needs twice the model's size on disk."""
         validate_name(name)
         source = source.expanduser().resolve()
         if not (source / "config.json").exists():
@@ -163,9 +166,16 @@ class ModelStore:
             raise StoreError(f"{source} has no tokenizer.json")
         model_type = model_type or detect_type(source)
         self.root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".pull-{name}-", dir=self.root))
+        staging = source if adopt else Path(tempfile.mkdtemp(prefix=f".pull-{name}-", dir=self.root))
         try:
-            shutil.copytree(source, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*_NOT_COPIED))
+            if adopt:
+                if source.parent != self.root.resolve():
+                    raise StoreError(f"{source} is not a scratch folder of this store")
+                for pattern in _NOT_COPIED:
+                    for path in source.glob(pattern):
+                        shutil.rmtree(path) if path.is_dir() else path.unlink()
+            else:
+                shutil.copytree(source, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*_NOT_COPIED))
             extra = convert(staging) if convert else {}
             meta = {
                 **describe_dir(staging, model_type, source_label or str(source)),
