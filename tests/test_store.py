@@ -39,6 +39,21 @@ def test_import_copies_atomically_and_lists(tmp_path: Path, minilm_dir: Path) ->
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["mini"]
 
 
+def test_only_a_scratch_folder_of_the_store_is_adopted_never_a_users_directory(
+    tmp_path: Path, minilm_dir: Path
+) -> None:
+    users = tmp_path / "my-model"
+    shutil.copytree(minilm_dir, users)
+    store = ModelStore(tmp_path / "models")
+    with pytest.raises(StoreError, match="not a scratch folder"):
+        store.import_dir(users, "mine", adopt=True)
+    assert sorted(p.name for p in users.iterdir()) == sorted(p.name for p in minilm_dir.iterdir())
+    scratch = tmp_path / "models" / ".download-mine-1"
+    shutil.copytree(minilm_dir, scratch)
+    entry = store.import_dir(scratch, "mine", adopt=True)
+    assert not scratch.exists() and (entry.path / "model.safetensors").exists()
+
+
 def test_import_detects_a_cross_encoder_as_reranker(tmp_path: Path, minilm_dir: Path) -> None:
     src = tmp_path / "ce"
     shutil.copytree(minilm_dir, src)

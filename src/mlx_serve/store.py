@@ -166,11 +166,12 @@ class ModelStore:
             raise StoreError(f"{source} has no tokenizer.json")
         model_type = model_type or detect_type(source)
         self.root.mkdir(parents=True, exist_ok=True)
+        # Checked before anything is touched: a failure below deletes the staging folder.
+        if adopt and source.parent != self.root.resolve():
+            raise StoreError(f"{source} is not a scratch folder of this store")
         staging = source if adopt else Path(tempfile.mkdtemp(prefix=f".pull-{name}-", dir=self.root))
         try:
             if adopt:
-                if source.parent != self.root.resolve():
-                    raise StoreError(f"{source} is not a scratch folder of this store")
                 for pattern in _NOT_COPIED:
                     for path in source.glob(pattern):
                         shutil.rmtree(path) if path.is_dir() else path.unlink()
