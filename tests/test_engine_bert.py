@@ -9,25 +9,8 @@ import pytest
 
 from mlx_serve.engine import load_embedder, plan_batches
 
-TEXTS = [
-    "",
-    "   ",
-    "\n\t ",
-    "hello world",
-    "The quick brown fox jumps over the lazy dog.",
-    "Grüße aus Köln — ça va? Ελληνικά, русский, 日本語のテキスト, العربية",
-    "emoji 🚀🔥👍🏽 and a family 👨‍👩‍👧",
-    "word " * 600,  # far over max_seq_length (256): truncated by both
-    "Search engines rank documents by relevance. " * 20,
-]
-
-
-@pytest.fixture(scope="module")
-def reference(minilm_dir: Path) -> np.ndarray:
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(minilm_dir), device="cpu")
-    return model.encode(TEXTS, convert_to_numpy=True)
+from .conftest import MINILM_TEXTS as TEXTS
+from .conftest import cosine
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +18,9 @@ def embedder(minilm_dir: Path):
     return load_embedder("all-MiniLM-L6-v2", minilm_dir)
 
 
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
-
-
-def test_matches_sentence_transformers_on_every_text(embedder, reference) -> None:
+def test_matches_sentence_transformers_on_every_text(embedder, minilm_reference) -> None:
     out = embedder.embed(TEXTS, max_batch_tokens=16384)
-    sims = cosine(out.vectors, reference)
+    sims = cosine(out.vectors, minilm_reference)
     assert sims.min() >= 0.9999, dict(zip(TEXTS, sims, strict=True))
     # all-MiniLM-L6-v2 ends in a Normalize module: unit vectors, like the reference.
     np.testing.assert_allclose(np.linalg.norm(out.vectors, axis=1), 1.0, atol=1e-5)

@@ -14,7 +14,7 @@ from typing import Any
 from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 
-from mlx_serve import blas, lifecycle
+from mlx_serve import blas, jit, lifecycle
 from mlx_serve.logs import configure, formatter, get_logger
 from mlx_serve.settings import Settings, home_dir
 
@@ -77,6 +77,9 @@ class Server(BaseApplication):
         log = get_logger("mlx_serve.server")
         if blas.STATUS.needs_warning:
             log.warning("slow_blas", hint=blas.HINT)
+        kernels = jit.enable()  # before any model compiles a kernel
+        if kernels.needs_warning:
+            log.warning("slow_kernels", reason=kernels.reason, hint=jit.HINT)
         metrics = Metrics()
         runtime = Runtime(self.settings, ModelStore(self.settings.models_dir, self.settings.model_aliases), metrics)
         try:
@@ -90,6 +93,7 @@ class Server(BaseApplication):
             "ready",
             url=f"http://{self.settings.host}:{self.settings.port}",
             blas=blas.STATUS.path,
+            native_kernels=kernels.native,
             preloaded=list(self.settings.preload_models),
         )
         return create_app(self.settings, runtime, metrics)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from mlx_serve import blas
+from mlx_serve import blas, jit
 from mlx_serve.engine.batching import BatchRunner
-from mlx_serve.engine.bert import BertConfig, BertEncoder, SequenceClassifier
+from mlx_serve.engine.bert import BertConfig, BertEncoder, Kernels, SequenceClassifier
 from mlx_serve.engine.decoder import DecoderStack
 from mlx_serve.engine.embedder import Embedder
 from mlx_serve.engine.pooling import PoolingConfig
@@ -80,6 +80,7 @@ def load_model(
     """Load `model_dir` as an embedding model or a reranker (`kind`), warmed up and ready to run.
 
     `instruction` replaces the model's default task for queries (Qwen3 embedding and reranking)."""
+    jit.enable()  # before anything compiles: decoders' mlx-lm kernels gain from it too
     config = read_config(model_dir)
     model = _load(name, model_dir, kind, config, compute_dtype(dtype), instruction)
     # Loading leaves MLX's buffer cache full of weight-sized buffers that inference never reuses; while
@@ -109,7 +110,9 @@ def _load(
     archs = config.get("architectures") or []
     streams = inference_streams()
     if model_type in BERT_FAMILY:
-        encoder = BertEncoder.load(model_dir, BertConfig.from_dict(config), dtype)
+        # Element-wise math is vectorised on a GPU, and on a CPU when MLX builds kernels for this CPU.
+        vectorised = mx.default_device() == mx.gpu or jit.enable().native
+        encoder = BertEncoder.load(model_dir, BertConfig.from_dict(config), dtype, Kernels.choose(vectorised))
         mx.eval(encoder.arrays())
         tokenizer = TextTokenizer(tokenizer_file, max_seq_length(model_dir, config))
         pad_id = int(config.get("pad_token_id", 0))
