@@ -110,9 +110,8 @@ def _load(
     archs = config.get("architectures") or []
     streams = inference_streams()
     if model_type in BERT_FAMILY:
-        # Element-wise math is vectorised on a GPU, and on a CPU when MLX builds kernels for this CPU.
-        vectorised = mx.default_device() == mx.gpu or jit.enable().native
-        encoder = BertEncoder.load(model_dir, BertConfig.from_dict(config), dtype, Kernels.choose(vectorised))
+        kernels = Kernels.choose(gpu=mx.default_device() == mx.gpu, native_cpu=jit.enable().native)
+        encoder = BertEncoder.load(model_dir, BertConfig.from_dict(config), dtype, kernels)
         mx.eval(encoder.arrays())
         tokenizer = TextTokenizer(tokenizer_file, max_seq_length(model_dir, config))
         pad_id = int(config.get("pad_token_id", 0))
