@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mlx_serve.engine import load_embedder, plan_batches
+from mlx_serve.engine.batching import split_evenly
 
 from .conftest import MINILM_TEXTS as TEXTS
 from .conftest import cosine
@@ -59,3 +61,13 @@ def test_plan_batches_respects_budget_and_keeps_every_index() -> None:
     for batch in batches:
         longest = max(lengths[i] for i in batch)
         assert longest * len(batch) <= 200 or len(batch) == 1
+
+
+def test_streams_get_even_padded_shares_of_a_batch() -> None:
+    lengths = [15, 16, 16, 17, 17, 17, 18, 18, 18, 18, 19, 20, 20, 20, 22]  # sorted, as batches are
+    bounds = split_evenly(lengths, 2)
+    assert bounds[0] == 0 and bounds[-1] == len(lengths) and len(bounds) == 3
+    padded = [lengths[b - 1] * (b - a) for a, b in pairwise(bounds)]
+    assert max(padded) <= 154 < 176  # equal counts would pad the long half to 8 x 22
+    assert split_evenly([5], 2) == [0, 1]  # one input: one stream
+    assert split_evenly([1, 1, 1, 100], 2) == [0, 3, 4]  # the long one alone

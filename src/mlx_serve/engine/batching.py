@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Literal
 
 import mlx.core as mx
@@ -44,6 +45,31 @@ def plan_batches(lengths: Sequence[int], max_batch_tokens: int) -> list[list[int
     return batches
 
 
+def split_evenly(lengths: Sequence[int], parts: int) -> list[int]:
+    """Bounds that cut ascending `lengths` into at most `parts` runs, one per stream, with padded sizes
+    (longest x count) as even as possible: the slowest stream sets the batch's time. Equal counts
+    would give the longer half all the long inputs (7 short texts against 8 long ones: 126 against 176
+    padded tokens in a 15-text batch)."""
+    n, parts = len(lengths), max(1, min(parts, len(lengths)))
+
+    def cuts(cap: int) -> list[int]:
+        # From the longest down, each run takes as many inputs as fit in `cap` padded tokens.
+        bounds, end = [n], n
+        while end > 0:
+            end = max(0, end - max(1, cap // max(1, lengths[end - 1])))
+            bounds.append(end)
+        return bounds[::-1]
+
+    low, high = max(lengths, default=1), max(lengths, default=1) * max(n, 1)
+    while low < high:  # the smallest cap that needs no more than `parts` runs
+        mid = (low + high) // 2
+        if len(cuts(mid)) - 1 <= parts:
+            high = mid
+        else:
+            low = mid + 1
+    return cuts(low)
+
+
 class BatchRunner:
     def __init__(self, head: Head, pad_id: int, padding_side: PaddingSide, streams: Sequence[mx.Stream]) -> None:
         self.head = head
@@ -64,9 +90,9 @@ class BatchRunner:
     def _run(self, seqs: list[Seq]) -> np.ndarray:
         """One batch, split across the streams: MLX runs each CPU stream on its own thread, so on a CPU
         the element-wise work (GELU, softmax, norms), which MLX does on one core, uses them all."""
-        n = min(len(self.streams), len(seqs))
-        bounds = [len(seqs) * i // n for i in range(n + 1)]
-        outs = [self._forward(seqs[bounds[i] : bounds[i + 1]], self.streams[i]) for i in range(n)]
+        bounds = split_evenly([len(s) for s in seqs], len(self.streams))
+        runs = pairwise(bounds)  # at most one run per stream
+        outs = [self._forward(seqs[a:b], stream) for (a, b), stream in zip(runs, self.streams, strict=False)]
         mx.eval(outs)
         return np.concatenate([np.array(o) for o in outs])
 
