@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import time
 import uuid
+from functools import partial
+from typing import Any
 
 import falcon
+import numpy as np
+import orjson
 import structlog
 
 from mlx_serve import errors
@@ -57,8 +61,23 @@ class RequestLog:
         structlog.contextvars.clear_contextvars()
 
 
+def _as_list(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):  # orjson takes only C-contiguous arrays itself
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+# Responses through orjson: it writes numpy float32 vectors directly, at float32 precision (each value
+# reads back as the same float32), about 20x faster than json.dumps of a float list, in half the bytes.
+JSON_RESPONSES = falcon.media.JSONHandler(
+    dumps=partial(orjson.dumps, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS, default=_as_list),
+    loads=orjson.loads,
+)
+
+
 def create_app(settings: Settings, runtime: Runtime, metrics: Metrics) -> falcon.App:
     app = falcon.App(middleware=[RequestLog(metrics)])
+    app.resp_options.media_handlers[falcon.MEDIA_JSON] = JSON_RESPONSES
     errors.install(app)
     embeddings = EmbeddingsResource(runtime, settings.max_request_bytes, settings.max_inputs_per_request)
     app.add_route("/v1/embeddings", embeddings)

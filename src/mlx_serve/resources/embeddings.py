@@ -45,7 +45,7 @@ class EmbeddingsResource:
         }
 
 
-def encode(vector: np.ndarray, encoding_format: str) -> list[float] | str:
+def encode(vector: np.ndarray, encoding_format: str) -> np.ndarray | str:
     if encoding_format == "base64":  # little-endian float32, as OpenAI's clients decode it
         return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
-    return vector.tolist()
+    return vector  # the app's JSON handler writes it as a list of floats
