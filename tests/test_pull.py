@@ -128,7 +128,8 @@ def report(progress):
         downloaded.append([folder.stat().st_ino, (folder / "tokenizer.json").stat().st_ino])
 
 entry, _ = pull(store, "acme/Tiny-Embedding", report=report)
-print(json.dumps({"downloaded": downloaded, "stored": [entry.path.stat().st_ino, (entry.path / "tokenizer.json").stat().st_ino]}))
+stored = [entry.path.stat().st_ino, (entry.path / "tokenizer.json").stat().st_ino]
+print(json.dumps({"downloaded": downloaded, "stored": stored}))
 """
 
 
