@@ -1,14 +1,29 @@
+"""The suite's shared helpers: a clean home, the CLI in a clean environment, a foreground server process,
+and the app factory over a real store and runtime.
+
+Tests that start real processes (the CLI, servers, pulls in a child) carry the `process` marker:
+`pytest -m "not process"` is the fast loop; `make test` runs everything."""
+
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from falcon import testing
 
+from mlx_serve.http import create_app
 from mlx_serve.metrics import Metrics
 from mlx_serve.runtime import Runtime
 from mlx_serve.settings import Settings, load_settings
@@ -66,22 +81,141 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
 
 
-@pytest.fixture
-def runtime(settings: Settings) -> Iterator[Runtime]:
-    rt = Runtime(settings, ModelStore(settings.models_dir), Metrics())
-    yield rt
-    rt.close()
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
+# -- the CLI, as a user runs it ---------------------------------------------------------------------
+def clean_env(home: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without MLX_SERVE_* settings, with HOME at `home`, plus `env`."""
+    out = {k: v for k, v in os.environ.items() if not k.startswith("MLX_SERVE_") or k == "MLX_SERVE_BLAS"}
+    out["HOME"] = str(home)
+    out.update(env or {})
+    return out
+
+
+def run_cli(home: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120):
+    """`mlx-serve ARGS` in a clean environment (a new process, as a user runs it)."""
+    return subprocess.run(
+        [sys.executable, "-m", "mlx_serve", *args],
+        capture_output=True,
+        text=True,
+        env=clean_env(home, env),
+        timeout=timeout,
+    )
+
+
+# -- a real server process ------------------------------------------------------------------------
+@dataclass
+class ServerProcess:
+    """`mlx-serve start --foreground` (the installed console script) with its output captured."""
+
+    proc: subprocess.Popen
+    url: str
+    port: int
+    home: Path
+
+    def wait_healthy(self, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}: {self.proc.stderr.read()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as resp:
+                    return json.load(resp)
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError("server did not become healthy")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+    def logs(self) -> list[dict]:
+        """The JSON log lines, once the process has ended."""
+        return [json.loads(line) for line in self.proc.stderr.read().splitlines() if line.startswith("{")]
+
+
+@pytest.fixture
+def start_server(home: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Start foreground servers with extra arguments and environment; all are killed at the end."""
+    started: list[ServerProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, wait: bool = True) -> ServerProcess:
+        port = free_port()
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("mlx-serve")), "start", "--foreground", "--port", str(port), *args],
+            env=clean_env(home, {"MLX_SERVE_LOG_FORMAT": "json", **(env or {})}),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        server = ServerProcess(proc, f"http://127.0.0.1:{port}", port, home)
+        started.append(server)
+        if wait:
+            server.wait_healthy()
+        return server
+
+    yield start
+    for server in started:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait()
+
+
+# -- the app in this process: real store, runtime, engine; Falcon's test client ----------------------
+@dataclass
+class App:
+    client: testing.TestClient
+    runtime: Runtime
+    settings: Settings
+
+
+@pytest.fixture
+def make_app(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., App]]:
+    """make_app(models={name: folder}, cli=None, **settings) -> an app whose settings take these values
+    (as MLX_SERVE_* environment variables) and whose store holds these models."""
+    apps: list[App] = []
+
+    def make(models: dict[str, Path] | None = None, cli: dict | None = None, **env: str) -> App:
+        for key, value in env.items():
+            monkeypatch.setenv(f"MLX_SERVE_{key.upper()}", value)
+        settings = load_settings(cli=cli).settings
+        store = ModelStore(settings.models_dir, settings.model_aliases)
+        for name, path in (models or {}).items():
+            if store.get(name) is None:
+                store.import_dir(path, name)  # the type is detected from the files
+        runtime = Runtime(settings, store, Metrics())
+        apps.append(App(testing.TestClient(create_app(settings, runtime, runtime.metrics)), runtime, settings))
+        return apps[-1]
+
+    yield make
+    for app in apps:
+        app.runtime.close()
+
+
+def metric(client: testing.TestClient, name: str) -> float | None:
+    """One sample of /metrics, by its name and labels as printed, or None."""
+    for line in client.simulate_get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> float:
+    start = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - start < timeout, "condition not reached in time"
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
 def hold_inference_thread(runtime: Runtime) -> threading.Event:
     """Occupy the inference thread until the returned event is set, so that requests queue up."""
     release, started = threading.Event(), threading.Event()
-    runtime.scheduler.call(lambda: (started.set(), release.wait(30)))
+    runtime.scheduler.control(lambda: (started.set(), release.wait(30)))
     assert started.wait(10)
     return release

@@ -11,16 +11,17 @@ import numpy as np
 import pytest
 from falcon import testing
 
-from mlx_serve.app import create_app
-from mlx_serve.runtime import Runtime
-from mlx_serve.settings import Settings
-
-from .conftest import MINILM
+from .conftest import MINILM, App
 
 
 @pytest.fixture
-def client(settings: Settings, runtime: Runtime) -> testing.TestClient:
-    return testing.TestClient(create_app(settings, runtime, runtime.metrics))
+def app(make_app) -> App:
+    return make_app()
+
+
+@pytest.fixture
+def client(app: App) -> testing.TestClient:
+    return app.client
 
 
 def embed(client: testing.TestClient, **body) -> testing.Result:
@@ -140,36 +141,15 @@ def test_malformed_bodies(client, raw, code) -> None:
     assert_error(result, 400, code)
 
 
-@pytest.fixture
-def client_with(home, monkeypatch):
-    """A client for an app whose settings take these MLX_SERVE_* environment values."""
-    from mlx_serve.metrics import Metrics
-    from mlx_serve.settings import load_settings
-    from mlx_serve.store import ModelStore
-
-    runtimes: list[Runtime] = []
-
-    def make(**env: str) -> testing.TestClient:
-        for key, value in env.items():
-            monkeypatch.setenv(f"MLX_SERVE_{key.upper()}", value)
-        settings = load_settings().settings
-        runtimes.append(Runtime(settings, ModelStore(settings.models_dir), Metrics()))
-        return testing.TestClient(create_app(settings, runtimes[-1], runtimes[-1].metrics))
-
-    yield make
-    for runtime in runtimes:
-        runtime.close()
-
-
-def test_body_over_the_limit_is_413(client_with) -> None:
-    client = client_with(max_request_bytes="2048")
+def test_body_over_the_limit_is_413(make_app) -> None:
+    client = make_app(max_request_bytes="2048").client
     big = json.dumps({"model": MINILM, "input": "x" * 5000})
     assert_error(client.simulate_post("/v1/embeddings", body=big), 413, "payload_too_large")
     assert embed(client, input="small").status_code == 200
 
 
-def test_too_many_inputs(client_with) -> None:
-    client = client_with(max_inputs_per_request="3")
+def test_too_many_inputs(make_app) -> None:
+    client = make_app(max_inputs_per_request="3").client
     error = assert_error(embed(client, input=["a"] * 4), 400, "too_many_inputs")
     assert "3" in error["message"]
     assert embed(client, input=["a"] * 3).status_code == 200
@@ -219,7 +199,8 @@ def test_request_id_is_echoed_or_made(client) -> None:
     assert len(client.simulate_get("/health").headers["X-Request-ID"]) == 32
 
 
-def test_an_internal_error_is_500_without_a_trace_and_the_next_request_works(client, runtime, monkeypatch) -> None:
+def test_an_internal_error_is_500_without_a_trace_and_the_next_request_works(app, monkeypatch) -> None:
+    client, runtime = app.client, app.runtime
     calls = {"n": 0}
     real = runtime.embed
 

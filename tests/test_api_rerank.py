@@ -9,15 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from falcon import testing
 
-from mlx_serve.app import create_app
 from mlx_serve.engine.loader import QWEN3_QUERY_TEMPLATE
 from mlx_serve.engine.reranker import DEFAULT_INSTRUCTION
-from mlx_serve.metrics import Metrics
-from mlx_serve.runtime import Runtime
-from mlx_serve.settings import load_settings
-from mlx_serve.store import ModelStore
 
 from . import tiny_models
 from .conftest import MINILM, hold_inference_thread
@@ -40,22 +34,16 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def make_client(home: Path, model_dirs: dict[str, Path], monkeypatch, **env: str):
-    for key, value in env.items():
-        monkeypatch.setenv(f"MLX_SERVE_{key.upper()}", value)
-    settings = load_settings().settings
-    store = ModelStore(settings.models_dir)
-    for name, path in model_dirs.items():
-        store.import_dir(path, name)  # the type is detected from the files
-    runtime = Runtime(settings, store, Metrics())
-    return testing.TestClient(create_app(settings, runtime, runtime.metrics)), runtime
+@pytest.fixture
+def make(make_app, model_dirs):
+    """An app with the three tiny models in its store, and these settings."""
+    return lambda **settings: make_app(models=model_dirs, **settings)
 
 
 @pytest.fixture
-def api(home: Path, model_dirs, monkeypatch):
-    client, runtime = make_client(home, model_dirs, monkeypatch)
-    yield client, runtime
-    runtime.close()
+def api(make):
+    app = make()
+    return app.client, app.runtime
 
 
 def rerank(client, **body):
@@ -204,14 +192,11 @@ def test_qwen3_queries_get_the_instruction_documents_none(api) -> None:
     assert bert.status_code == 400 and bert.json["error"]["code"] == "invalid_instruction"
 
 
-def test_default_instruction_is_configurable_per_model(home, model_dirs, monkeypatch) -> None:
-    client, runtime = make_client(home, model_dirs, monkeypatch, model_instructions='{"qwen3-emb" = "Find poems"}')
-    try:
-        configured = vec(embed(client, input="q", input_type="query"))
-        explicit = vec(embed(client, input="q", instruction="Find poems"))
-        np.testing.assert_allclose(configured, explicit, atol=1e-6)
-    finally:
-        runtime.close()
+def test_default_instruction_is_configurable_per_model(make) -> None:
+    client = make(model_instructions='{"qwen3-emb" = "Find poems"}').client
+    configured = vec(embed(client, input="q", input_type="query"))
+    explicit = vec(embed(client, input="q", instruction="Find poems"))
+    np.testing.assert_allclose(configured, explicit, atol=1e-6)
 
 
 def test_qwen3_matryoshka_dimensions(api) -> None:
@@ -221,7 +206,7 @@ def test_qwen3_matryoshka_dimensions(api) -> None:
     np.testing.assert_allclose(short, full[:32] / np.linalg.norm(full[:32]), atol=1e-6)
 
 
-def test_truncation_off_is_a_400_naming_the_input(api, home, model_dirs, monkeypatch) -> None:
+def test_truncation_off_is_a_400_naming_the_input(api, make) -> None:
     client, _ = api
     long_text = "gravity " * 400
     assert embed(client, input=["ok", long_text]).status_code == 200  # truncated by default
@@ -230,43 +215,36 @@ def test_truncation_off_is_a_400_naming_the_input(api, home, model_dirs, monkeyp
     error = rerank(client, model="ce", documents=["ok", long_text * 3], truncate=False).json["error"]
     assert error["code"] == "invalid_input" and "documents[1]" in error["message"]
 
-    strict, runtime = make_client(home, model_dirs, monkeypatch, auto_truncate="false")
-    try:
-        assert embed(strict, input=long_text).status_code == 400
-        assert embed(strict, input=long_text, truncate=True).status_code == 200
-    finally:
-        runtime.close()
+    strict = make(auto_truncate="false").client
+    assert embed(strict, input=long_text).status_code == 400
+    assert embed(strict, input=long_text, truncate=True).status_code == 200
 
 
-def test_full_queue_is_a_503_and_others_still_succeed(home, model_dirs, monkeypatch) -> None:
-    client, runtime = make_client(home, model_dirs, monkeypatch, max_queued_requests="2")
-    try:
-        release = hold_inference_thread(runtime)
-        with ThreadPoolExecutor(2) as pool:
-            queued = [pool.submit(embed, client, input=f"text {i}") for i in range(2)]
-            deadline = threading.Event()
-            while len(runtime.scheduler._queue) < 2 and not deadline.wait(0.01):
-                pass
-            refused = embed(client, input="one too many")
-            assert refused.status_code == 503 and refused.json["error"]["code"] == "overloaded"
-            release.set()
-            assert [q.result().status_code for q in queued] == [200, 200]
-    finally:
-        runtime.close()
-
-
-def test_a_request_past_its_deadline_is_a_503_and_never_runs(home, model_dirs, monkeypatch) -> None:
-    client, runtime = make_client(home, model_dirs, monkeypatch, request_timeout="0.5")
-    try:
-        release = hold_inference_thread(runtime)
-        late = embed(client, input="late")
-        assert late.status_code == 503 and "0.5" in late.json["error"]["message"]
+def test_full_queue_is_a_503_and_others_still_succeed(make) -> None:
+    app = make(max_queued_requests="2")
+    client, runtime = app.client, app.runtime
+    release = hold_inference_thread(runtime)
+    with ThreadPoolExecutor(2) as pool:
+        queued = [pool.submit(embed, client, input=f"text {i}") for i in range(2)]
+        deadline = threading.Event()
+        while runtime.scheduler.queued()[0] < 2 and not deadline.wait(0.01):
+            pass
+        refused = embed(client, input="one too many")
+        assert refused.status_code == 503 and refused.json["error"]["code"] == "overloaded"
         release.set()
-        assert embed(client, input="on time").status_code == 200
-        assert 'mlx_serve_tokens_total{model="qwen3-emb"}' in client.simulate_get("/metrics").text
-        assert runtime.metrics.inputs.labels("qwen3-emb")._value.get() == 1  # only the request on time ran
-    finally:
-        runtime.close()
+        assert [q.result().status_code for q in queued] == [200, 200]
+
+
+def test_a_request_past_its_deadline_is_a_503_and_never_runs(make) -> None:
+    app = make(request_timeout="0.5")
+    client, runtime = app.client, app.runtime
+    release = hold_inference_thread(runtime)
+    late = embed(client, input="late")
+    assert late.status_code == 503 and "0.5" in late.json["error"]["message"]
+    release.set()
+    assert embed(client, input="on time").status_code == 200
+    assert 'mlx_serve_tokens_total{model="qwen3-emb"}' in client.simulate_get("/metrics").text
+    assert runtime.metrics.inputs.labels("qwen3-emb")._value.get() == 1  # only the request on time ran
 
 
 def test_concurrent_requests_of_mixed_models_and_lengths_get_their_own_answers(api) -> None:
@@ -285,7 +263,7 @@ def test_concurrent_requests_of_mixed_models_and_lengths_get_their_own_answers(a
     release = hold_inference_thread(runtime)  # everything below queues, then runs merged
     with ThreadPoolExecutor(len(jobs)) as pool:
         futures = [pool.submit(client.simulate_post, path, json=body) for path, body in jobs]
-        while len(runtime.scheduler._queue) < len(jobs):
+        while runtime.scheduler.queued()[0] < len(jobs):
             threading.Event().wait(0.01)
         release.set()
         together = [f.result().json for f in futures]

@@ -45,7 +45,7 @@ def test_qwen3_embeddings_match_transformers(models) -> None:
     from transformers import Qwen3Model
 
     path = models["qwen3-embedding"]
-    ours = load_model("e", path, "embedding")
+    ours = load_model("e", path, type="embedding")
     # Queries carry the instruction, as the model card writes them.
     query = QWEN3_QUERY_TEMPLATE.format(instruction=DEFAULT_INSTRUCTION, text="What is the capital of China?")
     got = np.concatenate(
@@ -69,7 +69,7 @@ def test_qwen3_embeddings_match_transformers(models) -> None:
 
 def test_a_padded_batch_equals_each_text_alone(models) -> None:
     for name, kind in (("qwen3-embedding", "embedding"), ("cross-encoder", "reranker"), ("qwen3-reranker", "reranker")):
-        model = load_model(name, models[name], kind)
+        model = load_model(name, models[name], type=kind)
         if kind == "embedding":
             together = model.embed(TEXTS, 1 << 20).vectors
             alone = np.stack([model.embed([t], 1 << 20).vectors[0] for t in TEXTS])
@@ -85,7 +85,7 @@ def test_qwen3_reranker_p_yes_matches_transformers(models, name) -> None:
     from transformers import Qwen3ForCausalLM
 
     path = models[name]
-    ours = load_model(name, path, "reranker")
+    ours = load_model(name, path, type="reranker")
     query = "What is the capital of China?"
     got = ours.rerank(query, TEXTS, 4096).values
 
@@ -108,7 +108,7 @@ def test_qwen3_reranker_p_yes_matches_transformers(models, name) -> None:
 
 
 def test_qwen3_reranker_instruction_changes_scores(models) -> None:
-    ours = load_model("r", models["qwen3-reranker"], "reranker")
+    ours = load_model("r", models["qwen3-reranker"], type="reranker")
     default = ours.rerank("q", TEXTS, 4096).values
     custom = ours.rerank("q", TEXTS, 4096, instruction="Find recipes").values
     assert not np.allclose(default, custom)
@@ -119,7 +119,7 @@ def test_cross_encoder_matches_bert_for_sequence_classification(models) -> None:
     from transformers import BertForSequenceClassification
 
     path = models["cross-encoder"]
-    ours = load_model("ce", path, "reranker")
+    ours = load_model("ce", path, type="reranker")
     query = "What is the capital of China?"
     got = ours.rerank(query, TEXTS, 4096).values
 
@@ -137,7 +137,7 @@ def test_cross_encoder_matches_bert_for_sequence_classification(models) -> None:
 def test_truncation_off_names_the_input_and_its_length(models) -> None:
     from mlx_serve.engine import InputError
 
-    model = load_model("e", models["qwen3-embedding"], "embedding")
+    model = load_model("e", models["qwen3-embedding"], type="embedding")
     long_text = "gravity " * 400
     assert model.embed(["short", long_text], 4096).token_counts[1] == model.max_length
     with pytest.raises(InputError) as err:

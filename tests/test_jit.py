@@ -27,7 +27,10 @@ print(json.dumps({"native": status.native, "reason": status.reason, "gxx": shuti
                   "tmpdir": os.environ.get("TMPDIR"), "vectors": vectors.tolist()}))
 """
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="native kernels are a Linux CPU feature")
+pytestmark = [
+    pytest.mark.process,
+    pytest.mark.skipif(sys.platform != "linux", reason="native kernels are a Linux CPU feature"),
+]
 
 
 @pytest.fixture(autouse=True)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -19,15 +17,10 @@ import pytest
 
 from mlx_serve.lifecycle import PidRecord, pid_file
 
-from .conftest import MINILM, free_port
+from .conftest import MINILM, free_port, run_cli
 
-
-def cli(home: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLX_SERVE_")}
-    env["HOME"] = str(home)
-    return subprocess.run(
-        [sys.executable, "-m", "mlx_serve", *args], capture_output=True, text=True, env=env, timeout=timeout
-    )
+pytestmark = pytest.mark.process
+cli = run_cli
 
 
 def state(home: Path) -> Path:
@@ -134,51 +127,33 @@ def test_pid_file_naming_an_unrelated_live_process_is_stale_and_never_killed(hom
         bystander.wait()
 
 
-def test_sigterm_lets_an_in_flight_request_finish(home: Path) -> None:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLX_SERVE_")}
-    env["HOME"] = str(home)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlx_serve", "start", "--foreground", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while not pid_file(state(home), port).exists():
-            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
-            time.sleep(0.1)
-        # Warm the model, so the long request below is all inference.
-        body = json.dumps({"model": MINILM, "input": "warm"}).encode()
-        urllib.request.urlopen(f"{url}/v1/embeddings", data=body, timeout=60).read()
+def test_sigterm_lets_an_in_flight_request_finish(home: Path, start_server) -> None:
+    server = start_server()
+    url = server.url
+    # Warm the model, so the long request below is all inference.
+    body = json.dumps({"model": MINILM, "input": "warm"}).encode()
+    urllib.request.urlopen(f"{url}/v1/embeddings", data=body, timeout=60).read()
 
-        result: dict = {}
+    result: dict = {}
 
-        def long_request() -> None:
-            texts = [f"{i} " + "a long text about many things " * 60 for i in range(48)]
-            data = json.dumps({"model": MINILM, "input": texts}).encode()
-            with urllib.request.urlopen(f"{url}/v1/embeddings", data=data, timeout=120) as resp:
-                result["status"] = resp.status
-                result["n"] = len(json.load(resp)["data"])
+    def long_request() -> None:
+        texts = [f"{i} " + "a long text about many things " * 60 for i in range(48)]
+        data = json.dumps({"model": MINILM, "input": texts}).encode()
+        with urllib.request.urlopen(f"{url}/v1/embeddings", data=data, timeout=120) as resp:
+            result["status"] = resp.status
+            result["n"] = len(json.load(resp)["data"])
 
-        client = threading.Thread(target=long_request)
-        client.start()
-        time.sleep(1.0)  # the request is on the inference thread now
-        proc.send_signal(signal.SIGTERM)
-        client.join(timeout=120)
-        assert result == {"status": 200, "n": 48}
-        assert proc.wait(timeout=60) == 0
-        assert not pid_file(state(home), port).exists()
-        # And it no longer accepts connections.
-        with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
-            pass
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    client = threading.Thread(target=long_request)
+    client.start()
+    time.sleep(1.0)  # the request is on the inference thread now
+    server.proc.send_signal(signal.SIGTERM)
+    client.join(timeout=120)
+    assert result == {"status": 200, "n": 48}
+    assert server.proc.wait(timeout=60) == 0
+    assert not pid_file(state(home), server.port).exists()
+    # And it no longer accepts connections.
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", server.port), timeout=2):
+        pass
 
 
 def test_a_server_that_cannot_start_fails_start_with_the_log_tail(home: Path) -> None:

@@ -14,16 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from falcon import testing
 
-from mlx_serve.app import create_app
 from mlx_serve.metrics import Metrics
 from mlx_serve.runtime import Runtime
 from mlx_serve.settings import load_settings
 from mlx_serve.store import ModelStore
 
 from . import tiny_models
-from .conftest import MINILM, hold_inference_thread
+from .conftest import MINILM, App, hold_inference_thread, run_cli
 from .fake_hub import SHA, FakeHub
 
 
@@ -49,18 +47,14 @@ def hub(repos, monkeypatch, tmp_path: Path) -> Iterator[FakeHub]:
     server.close()
 
 
-def cli(home: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("MLX_SERVE_")}
-    full.update(HOME=str(home), **(env or {}))
-    return subprocess.run(
-        [sys.executable, "-m", "mlx_serve", *args], capture_output=True, text=True, env=full, timeout=120
-    )
+cli = run_cli
 
 
 def models_dir(home: Path) -> Path:
     return home / ".mlx-serve" / "models"
 
 
+@pytest.mark.process
 def test_pull_from_the_hub_detects_type_and_records_metadata(home: Path, hub: FakeHub) -> None:
     out = cli(home, "pull", "acme/Tiny-Embedding")
     assert out.returncode == 0, out.stderr
@@ -82,6 +76,7 @@ def test_pull_from_the_hub_detects_type_and_records_metadata(home: Path, hub: Fa
     ]
 
 
+@pytest.mark.process
 def test_hub_and_directory_pulls_serve_the_same_vectors(home: Path, hub: FakeHub, repos) -> None:
     assert cli(home, "pull", "acme/Tiny-Embedding", "--name", "from-hub").returncode == 0
     assert cli(home, "pull", str(repos["acme/Tiny-Embedding"]), "--name", "from-dir").returncode == 0
@@ -94,6 +89,7 @@ def test_hub_and_directory_pulls_serve_the_same_vectors(home: Path, hub: FakeHub
         runtime.close()
 
 
+@pytest.mark.process
 def test_a_dropped_connection_is_resumed(home: Path, hub: FakeHub, repos) -> None:
     hub.cuts["model.safetensors"] = 1
     out = cli(home, "pull", "acme/Tiny-Embedding")
@@ -102,6 +98,7 @@ def test_a_dropped_connection_is_resumed(home: Path, hub: FakeHub, repos) -> Non
     assert stored.stat().st_size > 0 and hub.cuts["model.safetensors"] == 0
 
 
+@pytest.mark.process
 def test_a_failed_download_leaves_nothing_and_a_retry_succeeds(home: Path, hub: FakeHub) -> None:
     hub.cuts["model.safetensors"] = 1000  # every attempt is cut: huggingface_hub gives up
     failed = cli(home, "pull", "acme/Tiny-Embedding")
@@ -133,6 +130,7 @@ print(json.dumps({"downloaded": downloaded, "stored": stored}))
 """
 
 
+@pytest.mark.process
 def test_a_hub_pull_moves_the_download_into_place_instead_of_copying_it(home: Path, hub: FakeHub) -> None:
     # A copy would need twice the model's size on disk (16 GB more for an 8B model in bf16). The folder and
     # the files conversion leaves alone must be the very ones downloaded (the weights of this decoder are
@@ -148,6 +146,7 @@ def test_a_hub_pull_moves_the_download_into_place_instead_of_copying_it(home: Pa
     assert not (models_dir(home) / "Tiny-Embedding" / ".cache").exists()
 
 
+@pytest.mark.process
 def test_offline_pulls_come_from_the_local_hugging_face_cache(home: Path, hub: FakeHub, tmp_path: Path) -> None:
     # Another tool filled the Hugging Face cache (HF_HOME) earlier...
     fill = "from huggingface_hub import snapshot_download; snapshot_download('acme/Tiny-Reranker')"
@@ -164,6 +163,7 @@ def test_offline_pulls_come_from_the_local_hugging_face_cache(home: Path, hub: F
     assert cli(home, "pull", "acme/Tiny-Reranker", "--name", "again", env=offline).returncode == 0
 
 
+@pytest.mark.process
 def test_concurrent_pulls_of_one_model_do_the_work_once(home: Path, hub: FakeHub) -> None:
     with ThreadPoolExecutor(3) as pool:
         results = list(pool.map(lambda _: cli(home, "pull", "acme/Tiny-Reranker"), range(3)))
@@ -172,6 +172,7 @@ def test_concurrent_pulls_of_one_model_do_the_work_once(home: Path, hub: FakeHub
     assert sum("already pulled" in r.stdout for r in results) == 2
 
 
+@pytest.mark.process
 def test_quantized_pull(home: Path, hub: FakeHub) -> None:
     assert cli(home, "pull", "acme/Tiny-Embedding", "--name", "q8", "--quantize", "8").returncode == 0
     assert cli(home, "pull", "acme/Tiny-Embedding", "--name", "full").returncode == 0
@@ -187,6 +188,7 @@ def test_quantized_pull(home: Path, hub: FakeHub) -> None:
     assert bad.returncode == 1 and "decoder" in bad.stderr
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     ("source", "message"),
     [
@@ -201,23 +203,19 @@ def test_pull_errors_are_clear(home: Path, hub: FakeHub, source: str, message: s
     assert "Traceback" not in out.stderr
 
 
-def test_aliases_resolve_wherever_a_name_is_accepted(home: Path, repos, monkeypatch) -> None:
-    store = ModelStore(models_dir(home))
-    store.import_dir(repos["acme/Tiny-CrossEncoder"], "tiny-ce")
-    monkeypatch.setenv("MLX_SERVE_MODEL_ALIASES", '{mini = "all-MiniLM-L6-v2", ce = "tiny-ce"}')
-    settings = load_settings().settings
-    runtime = Runtime(settings, ModelStore(settings.models_dir, settings.model_aliases), Metrics())
-    try:
-        client = testing.TestClient(create_app(settings, runtime, runtime.metrics))
-        emb = client.simulate_post("/v1/embeddings", json={"model": "mini", "input": "x"})
-        assert emb.status_code == 200 and emb.json["model"] == MINILM
-        assert (
-            client.simulate_post("/v1/rerank", json={"model": "ce", "query": "q", "documents": ["d"]}).json["model"]
-            == "tiny-ce"
-        )
-        assert client.simulate_post("/api/show", json={"name": "ce"}).json["name"] == "tiny-ce"
-    finally:
-        runtime.close()
+@pytest.mark.process
+def test_aliases_resolve_wherever_a_name_is_accepted(home: Path, repos, make_app) -> None:
+    client = make_app(
+        models={"tiny-ce": repos["acme/Tiny-CrossEncoder"]},
+        model_aliases='{mini = "all-MiniLM-L6-v2", ce = "tiny-ce"}',
+    ).client
+    emb = client.simulate_post("/v1/embeddings", json={"model": "mini", "input": "x"})
+    assert emb.status_code == 200 and emb.json["model"] == MINILM
+    assert (
+        client.simulate_post("/v1/rerank", json={"model": "ce", "query": "q", "documents": ["d"]}).json["model"]
+        == "tiny-ce"
+    )
+    assert client.simulate_post("/api/show", json={"name": "ce"}).json["name"] == "tiny-ce"
     assert (
         json.loads(
             cli(home, "show", "mini", "--json", env={"MLX_SERVE_MODEL_ALIASES": '{mini = "all-MiniLM-L6-v2"}'}).stdout
@@ -227,17 +225,13 @@ def test_aliases_resolve_wherever_a_name_is_accepted(home: Path, repos, monkeypa
 
 
 @pytest.fixture
-def app(home: Path, repos) -> Iterator[tuple[testing.TestClient, Runtime]]:
-    settings = load_settings().settings
-    store = ModelStore(settings.models_dir)
-    store.import_dir(repos["acme/Tiny-Embedding"], "emb")
-    runtime = Runtime(settings, store, Metrics())
-    yield testing.TestClient(create_app(settings, runtime, runtime.metrics)), runtime
-    runtime.close()
+def app(make_app, repos) -> App:
+    return make_app(models={"emb": repos["acme/Tiny-Embedding"]})
 
 
+@pytest.mark.process
 def test_api_pull_streams_ndjson_progress(app, hub: FakeHub) -> None:
-    client, _ = app
+    client = app.client
     result = client.simulate_post("/api/pull", json={"model": "acme/Tiny-Reranker"})
     assert result.status_code == 200 and result.headers["content-type"] == "application/x-ndjson"
     lines = [json.loads(line) for line in result.text.splitlines()]
@@ -255,7 +249,7 @@ def test_api_pull_streams_ndjson_progress(app, hub: FakeHub) -> None:
 
 
 def test_api_show_tags_and_models(app) -> None:
-    client, _ = app
+    client = app.client
     shown = client.simulate_post("/api/show", json={"name": "emb"}).json
     assert shown["type"] == "embedding" and shown["dimensions"] == 64 and shown["name"] == "emb"
     assert client.simulate_post("/api/show", json={"model": MINILM}).json["type"] == "embedding"
@@ -269,7 +263,7 @@ def test_api_show_tags_and_models(app) -> None:
 
 
 def test_api_delete_waits_for_a_running_request(app) -> None:
-    client, runtime = app
+    client, runtime = app.client, app.runtime
     assert client.simulate_post("/v1/embeddings", json={"model": "emb", "input": "load"}).status_code == 200
     release = hold_inference_thread(runtime)
     running: dict = {}
@@ -299,6 +293,7 @@ def test_api_delete_waits_for_a_running_request(app) -> None:
     assert builtin.status_code == 400 and "built in" in builtin.json["error"]["message"]
 
 
+@pytest.mark.process
 def test_cli_show_and_remove(home: Path, repos) -> None:
     ModelStore(models_dir(home)).import_dir(repos["acme/Tiny-CrossEncoder"], "ce")
     table = cli(home, "show", "ce")

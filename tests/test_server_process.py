@@ -3,60 +3,26 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from openai import BadRequestError, NotFoundError, OpenAI
 
-from .conftest import MINILM, free_port
+from .conftest import MINILM, ServerProcess
 
-
-def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}: {proc.stderr.read()}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=1) as resp:
-                return json.load(resp)
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError("server did not become healthy")
+pytestmark = pytest.mark.process
 
 
 @pytest.fixture
-def server(home: Path) -> Iterator[tuple[str, subprocess.Popen]]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLX_SERVE_")}
-    env.update(HOME=str(home), MLX_SERVE_LOG_FORMAT="json")
-    proc = subprocess.Popen(
-        # The installed console script, as a user runs it.
-        [str(Path(sys.executable).with_name("mlx-serve")), "start", "--foreground", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, proc)
-        yield url, proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+def server(start_server) -> ServerProcess:
+    return start_server()
 
 
-def test_openai_client_end_to_end_then_sigterm(server) -> None:
-    url, proc = server
+def test_openai_client_end_to_end_then_sigterm(server: ServerProcess) -> None:
+    url, proc = server.url, server.proc
     client = OpenAI(base_url=f"{url}/v1", api_key="unused")
 
     # The client asks for base64 by default and decodes it itself.
@@ -96,8 +62,8 @@ def test_openai_client_end_to_end_then_sigterm(server) -> None:
     assert first["tokens"] == 8 and first["ms"] > 0 and len(first["request_id"]) == 32
 
 
-def test_binds_loopback_by_default(server) -> None:
-    _, proc = server
+def test_binds_loopback_by_default(server: ServerProcess) -> None:
+    proc = server.proc
     import psutil
 
     worker_and_master = [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children())]
@@ -110,9 +76,8 @@ def test_binds_loopback_by_default(server) -> None:
     assert addresses == {"127.0.0.1"}
 
 
-def test_sigint_stops_cleanly_and_removes_the_pid_file(server, home: Path) -> None:
-    url, proc = server
-    port = int(url.rsplit(":", 1)[1])
+def test_sigint_stops_cleanly_and_removes_the_pid_file(server: ServerProcess, home: Path) -> None:
+    proc, port = server.proc, server.port
     pid_path = home / ".mlx-serve" / f"mlx-serve-{port}.pid"
     assert json.loads(pid_path.read_text())["pid"] == proc.pid
     proc.send_signal(signal.SIGINT)

@@ -11,15 +11,14 @@ import os
 import platform
 import plistlib
 import shutil
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import free_port
+from .conftest import run_cli
+
+pytestmark = pytest.mark.process
 
 
 @pytest.fixture
@@ -36,11 +35,8 @@ def recorder(tmp_path: Path) -> tuple[Path, Path]:
 
 def service(home: Path, recorder: tuple[Path, Path], *args: str, env: dict[str, str] | None = None):
     bin_dir, calls = recorder
-    full = {k: v for k, v in os.environ.items() if not k.startswith(("MLX_SERVE_", "XDG_CONFIG"))}
-    full.update(HOME=str(home), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", **(env or {}))
-    out = subprocess.run(
-        [sys.executable, "-m", "mlx_serve", "service", *args], capture_output=True, text=True, env=full, timeout=60
-    )
+    path = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "XDG_CONFIG_HOME": str(home / ".config")}
+    out = run_cli(home, "service", *args, env={**path, **(env or {})}, timeout=60)
     recorded = calls.read_text().splitlines() if calls.exists() else []
     calls.unlink(missing_ok=True)
     return out, recorded
@@ -214,36 +210,15 @@ def test_windows_is_not_supported(home: Path, monkeypatch, capsys) -> None:
     assert "not supported on Windows" in capsys.readouterr().err
 
 
-def test_stop_goes_through_the_manager_of_a_managed_server(home: Path, recorder) -> None:
+def test_stop_goes_through_the_manager_of_a_managed_server(home: Path, recorder, start_server) -> None:
     """A server started by systemd must be stopped by systemd, or it would be restarted."""
-    port = free_port()
     bin_dir, calls = recorder
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLX_SERVE_")}
-    env.update(HOME=str(home), MLX_SERVE_MANAGED_BY="systemd", PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlx_serve", "start", "--foreground", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    pid_path = home / ".mlx-serve" / f"mlx-serve-{port}.pid"
-    try:
-        deadline = time.monotonic() + 60
-        while not pid_path.exists():
-            assert time.monotonic() < deadline and server.poll() is None
-            time.sleep(0.1)
-        assert json.loads(pid_path.read_text())["manager"] == "systemd"
-        env.pop("MLX_SERVE_MANAGED_BY")
-        out = subprocess.run(
-            [sys.executable, "-m", "mlx_serve", "stop", "--port", str(port)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert out.returncode == 0, out.stderr
-        assert calls.read_text().splitlines() == [f"systemctl --user stop mlx-serve@{port}.service"]
-        assert server.poll() is None, "mlx-serve itself must not have signalled a managed server"
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=60)
+    path = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    server = start_server(env={"MLX_SERVE_MANAGED_BY": "systemd", **path})
+    pid_path = home / ".mlx-serve" / f"mlx-serve-{server.port}.pid"
+    assert json.loads(pid_path.read_text())["manager"] == "systemd"
+    out = run_cli(home, "stop", "--port", str(server.port), env=path)
+    assert out.returncode == 0, out.stderr
+    assert calls.read_text().splitlines() == [f"systemctl --user stop mlx-serve@{server.port}.service"]
+    assert server.proc.poll() is None, "mlx-serve itself must not have signalled a managed server"
+    assert server.stop() == 0

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from mlx_serve.settings import SettingsError, load_settings
+
+from .conftest import run_cli
 
 
 def write_config(home: Path, text: str) -> Path:
@@ -115,19 +115,10 @@ def test_unreadable_config_yaml_names_the_file(home: Path) -> None:
         load_settings()
 
 
-def run_cli(*args: str, home: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    import os
-
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MLX_SERVE_")}
-    full_env.update({"HOME": str(home), **(env or {})})
-    return subprocess.run(
-        [sys.executable, "-m", "mlx_serve", *args], capture_output=True, text=True, env=full_env, timeout=60
-    )
-
-
+@pytest.mark.process
 def test_config_json_maps_each_key_to_value_and_origin(home: Path) -> None:
     config = write_config(home, "cache_ttl_seconds: 60\n")
-    out = run_cli("config", "--json", home=home, env={"MLX_SERVE_PORT": "8123"})
+    out = run_cli(home, "config", "--json", env={"MLX_SERVE_PORT": "8123"})
     assert out.returncode == 0, out.stderr
     tree = json.loads(out.stdout)
     assert tree["port"] == {"value": 8123, "origin": "env MLX_SERVE_PORT"}
@@ -136,16 +127,18 @@ def test_config_json_maps_each_key_to_value_and_origin(home: Path) -> None:
     assert tree["service.restart_delay"] == {"value": 5, "origin": "defaults"}
 
 
+@pytest.mark.process
 def test_config_prints_a_table_with_origins(home: Path) -> None:
-    out = run_cli("config", home=home, env={"MLX_SERVE_LOG_LEVEL": "debug"})
+    out = run_cli(home, "config", env={"MLX_SERVE_LOG_LEVEL": "debug"})
     assert out.returncode == 0
     line = next(line for line in out.stdout.splitlines() if line.startswith("log_level"))
     assert '"debug"' in line and "env MLX_SERVE_LOG_LEVEL" in line
 
 
+@pytest.mark.process
 def test_bad_setting_stops_start_with_exit_code_2(home: Path) -> None:
     write_config(home, "graceful_timeout: -5\n")
-    out = run_cli("start", "--foreground", home=home)
+    out = run_cli(home, "start", "--foreground")
     assert out.returncode == 2
     assert "graceful_timeout = -5" in out.stderr and "config.yaml" in out.stderr
     assert "Traceback" not in out.stderr

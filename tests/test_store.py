@@ -8,15 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from falcon import testing
 
-from mlx_serve.app import create_app
-from mlx_serve.metrics import Metrics
-from mlx_serve.runtime import Runtime
-from mlx_serve.settings import load_settings
 from mlx_serve.store import InvalidNameError, ModelStore, StoreError, validate_name
 
-from .test_settings import run_cli
+from .conftest import run_cli
 
 
 @pytest.mark.parametrize(
@@ -71,29 +66,26 @@ def test_import_refuses_a_directory_without_weights(tmp_path: Path, minilm_dir: 
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
 
 
-def test_cli_pull_then_list_then_serve(home: Path, minilm_dir: Path) -> None:
-    out = run_cli("pull", str(minilm_dir), "--name", "my-minilm", "--type", "embedding", home=home)
+@pytest.mark.process
+def test_cli_pull_then_list_then_serve(home: Path, minilm_dir: Path, make_app) -> None:
+    out = run_cli(home, "pull", str(minilm_dir), "--name", "my-minilm", "--type", "embedding")
     assert out.returncode == 0, out.stderr
-    listing = run_cli("list", "--json", home=home)
+    listing = run_cli(home, "list", "--json")
     names = {m["name"]: m["type"] for m in json.loads(listing.stdout)}
     assert names == {"all-MiniLM-L6-v2": "embedding", "my-minilm": "embedding"}
-    assert "my-minilm" in run_cli("list", home=home).stdout
+    assert "my-minilm" in run_cli(home, "list").stdout
 
-    settings = load_settings().settings
-    runtime = Runtime(settings, ModelStore(settings.models_dir), Metrics())
-    try:
-        client = testing.TestClient(create_app(settings, runtime, runtime.metrics))
-        vectors = [
-            client.simulate_post("/v1/embeddings", json={"model": m, "input": "same"}).json["data"][0]["embedding"]
-            for m in ("my-minilm", "all-MiniLM-L6-v2")
-        ]
-        np.testing.assert_allclose(vectors[0], vectors[1], atol=1e-6)
-        assert {m["id"] for m in client.simulate_get("/v1/models").json["data"]} == {"my-minilm", "all-MiniLM-L6-v2"}
-    finally:
-        runtime.close()
+    client = make_app().client
+    vectors = [
+        client.simulate_post("/v1/embeddings", json={"model": m, "input": "same"}).json["data"][0]["embedding"]
+        for m in ("my-minilm", "all-MiniLM-L6-v2")
+    ]
+    np.testing.assert_allclose(vectors[0], vectors[1], atol=1e-6)
+    assert {m["id"] for m in client.simulate_get("/v1/models").json["data"]} == {"my-minilm", "all-MiniLM-L6-v2"}
 
 
+@pytest.mark.process
 def test_cli_pull_refuses_an_escaping_name(home: Path, minilm_dir: Path) -> None:
-    out = run_cli("pull", str(minilm_dir), "--name", "../outside", home=home)
+    out = run_cli(home, "pull", str(minilm_dir), "--name", "../outside")
     assert out.returncode == 1 and "invalid model name" in out.stderr
     assert not (home / ".mlx-serve" / "outside").exists()

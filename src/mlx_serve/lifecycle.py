@@ -1,4 +1,5 @@
-"""Server instances on this machine: PID files per port, process identity, stale detection, stopping.
+"""Server instances on this machine: PID files per port, process identity, stale detection, starting in
+the background, stopping.
 
 The server writes `~/.mlx-serve/mlx-serve-<port>.pid` itself once it listens (so foreground, background
 and service runs all have one) and removes it when it exits. The file records the PID and the process's
@@ -12,12 +13,15 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import psutil
 
@@ -56,12 +60,12 @@ def url_for(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def pid_file(state_dir: Path, port: int) -> Path:
-    return state_dir / f"mlx-serve-{port}.pid"
+def pid_file(home: Path, port: int) -> Path:
+    return home / f"mlx-serve-{port}.pid"
 
 
-def log_file(state_dir: Path, port: int) -> Path:
-    return state_dir / "logs" / f"mlx-serve-{port}.log"
+def log_file(home: Path, port: int) -> Path:
+    return home / "logs" / f"mlx-serve-{port}.log"
 
 
 def private_dir(path: Path) -> Path:
@@ -71,20 +75,20 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def write_pid_file(state_dir: Path, port: int, host: str) -> PidRecord:
+def write_pid_file(home: Path, port: int, host: str) -> PidRecord:
     me = psutil.Process()
     record = PidRecord(me.pid, port, host, me.create_time(), os.environ.get(MANAGER_ENV) or None)
-    private_dir(state_dir)
-    fd, tmp = tempfile.mkstemp(dir=state_dir, prefix=f".mlx-serve-{port}.")
+    private_dir(home)
+    fd, tmp = tempfile.mkstemp(dir=home, prefix=f".mlx-serve-{port}.")
     with os.fdopen(fd, "w") as fh:
         json.dump(asdict(record), fh)
-    os.replace(tmp, pid_file(state_dir, port))  # atomic: a reader never sees half a file
+    os.replace(tmp, pid_file(home, port))  # atomic: a reader never sees half a file
     return record
 
 
-def remove_pid_file(state_dir: Path, port: int, pid: int | None = None) -> None:
+def remove_pid_file(home: Path, port: int, pid: int | None = None) -> None:
     """Remove the port's PID file; with `pid`, only if the file still names that process."""
-    path = pid_file(state_dir, port)
+    path = pid_file(home, port)
     if pid is not None:
         record = read_pid_file(path)
         if record is not None and record.pid != pid:
@@ -119,8 +123,8 @@ def is_server_process(record: PidRecord) -> tuple[bool, str]:
     return True, ""
 
 
-def inspect(state_dir: Path, port: int) -> Instance:
-    path = pid_file(state_dir, port)
+def inspect(home: Path, port: int) -> Instance:
+    path = pid_file(home, port)
     if not path.exists():
         return Instance(port, "stopped", None)
     record = read_pid_file(path)
@@ -130,9 +134,9 @@ def inspect(state_dir: Path, port: int) -> Instance:
     return Instance(port, "running" if alive else "stale", record, reason)
 
 
-def known_ports(state_dir: Path) -> list[int]:
+def known_ports(home: Path) -> list[int]:
     ports = []
-    for path in state_dir.glob("mlx-serve-*.pid"):
+    for path in home.glob("mlx-serve-*.pid"):
         with contextlib.suppress(ValueError):
             ports.append(int(path.stem.removeprefix("mlx-serve-")))
     return sorted(ports)
@@ -195,3 +199,73 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
             return True
         time.sleep(interval)
     return predicate()
+
+
+def health(url: str, timeout: float = 1.0) -> dict[str, Any] | None:
+    """The server's /health answer, or None if it does not answer."""
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as resp:
+            return json.load(resp)
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class Started:
+    """What a background start came to: running and healthy, or why not, with the end of its log."""
+
+    ok: bool
+    pid: int
+    url: str
+    log: Path
+    why: str = ""
+    log_tail: str = ""
+
+
+def start_background(
+    home: Path, host: str, port: int, flags: Sequence[str], start_timeout: float, stop_timeout: float
+) -> Started:
+    """Start `mlx-serve start --foreground FLAGS` detached, and wait until it answers /health.
+
+    The child reads the settings layers itself (so `flags` are only what the user gave on the command
+    line). A server that never becomes healthy is stopped, so no half-started server is left behind."""
+    log_path = log_file(private_dir(home), port)
+    private_dir(log_path.parent)
+    with log_path.open("ab") as log:
+        offset = log.tell()
+        # Its own session: the server outlives this command and the terminal it came from.
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlx_serve", "start", "--foreground", *flags],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = url_for(host, port)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            return True
+        inst = inspect(home, port)
+        return inst.state == "running" and inst.record is not None and inst.record.pid == proc.pid and bool(health(url))
+
+    wait_until(ready, start_timeout, interval=0.2)
+    if proc.poll() is None and ready():
+        return Started(True, proc.pid, url, log_path)
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=stop_timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        why = f"did not answer /health within {start_timeout:g} s"
+    else:
+        why = f"exited with code {proc.returncode}"
+    return Started(False, proc.pid, url, log_path, why, _tail(log_path, offset))
+
+
+def _tail(path: Path, offset: int, lines: int = 20) -> str:
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        text = fh.read().decode("utf-8", "replace")
+    return "\n".join(text.splitlines()[-lines:])

@@ -10,32 +10,24 @@ Pulls of one name take a lock: a second pull of the same source waits, then find
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from mlx_serve import pull_progress
+from mlx_serve.pull_progress import Progress
 from mlx_serve.store import ModelEntry, ModelStore, ModelType, StoreError, detect_type, validate_name
 
 # What a model directory needs; nothing else is downloaded (no .bin/.onnx duplicates of the weights).
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.py", "1_Pooling/*", "2_Normalize/*"]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-@dataclass(frozen=True)
-class Progress:
-    status: str
-    completed: int | None = None
-    total: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"status": self.status}
-        if self.total is not None:
-            out.update(completed=self.completed or 0, total=self.total)
-        return out
 
 
 Report = Callable[[Progress], None]
@@ -49,8 +41,9 @@ def default_name(source: str) -> str:
 def pull(
     store: ModelStore,
     source: str,
+    *,
     name: str | None = None,
-    model_type: ModelType | None = None,
+    type: ModelType | None = None,
     quantize: int | None = None,
     report: Report | None = None,
     show_bars: bool = False,
@@ -75,7 +68,7 @@ def pull(
             existing
             and existing.get("source") == label
             and existing.get("quantization") == quantize
-            and (model_type is None or existing.get("type") == model_type)
+            and (type is None or existing.get("type") == type)
         ):
             report(Progress("success"))
             entry = store.get(name)
@@ -88,14 +81,14 @@ def pull(
                 report(Progress("pulling manifest"))
                 local, revision = _download(repo_id, download, report, show_bars)
             report(Progress("converting"))
-            kind = model_type or detect_type(local)
+            detected = type or detect_type(local)
             entry = store.import_dir(
                 local,
                 name,
-                kind,
+                detected,
                 source_label=label,
                 revision=revision,
-                convert=lambda staging: _convert(staging, kind, quantize),
+                convert=lambda staging: _convert(staging, detected, quantize),
                 adopt=local == download,  # offline pulls read the Hugging Face cache, which must stay
             )
         finally:
@@ -135,7 +128,7 @@ def _download(repo_id: str, target: Path, report: Report, show_bars: bool) -> tu
     return target, revision
 
 
-def _convert(staging: Path, kind: ModelType, quantize: int | None) -> dict[str, Any]:
+def _convert(staging: Path, type: ModelType, quantize: int | None) -> dict[str, Any]:
     """Encoders stay as they are (safetensors); decoders go through mlx-lm, optionally quantized."""
     config = json.loads((staging / "config.json").read_text())
     if config.get("model_type") == "bert":
@@ -149,7 +142,7 @@ def _convert(staging: Path, kind: ModelType, quantize: int | None) -> dict[str, 
 
     stack = DecoderStack.load(staging, mx.float32 if quantize else _dtype_of(config))
     model, new_config = stack.model, dict(stack.config)
-    if kind == "embedding" and "lm_head" in model:
+    if type == "embedding" and "lm_head" in model:
         model.pop("lm_head")  # embeddings never use it; loading supplies a placeholder, so no disk is spent
     if quantize:
         model, new_config = quantize_model(model, new_config, group_size=64, bits=quantize)
@@ -166,3 +159,36 @@ def _dtype_of(config: dict) -> Any:
 
     name = config.get("torch_dtype") or config.get("dtype") or "float32"
     return {"bfloat16": mx.bfloat16, "float16": mx.float16}.get(str(name), mx.float32)
+
+
+def pull_in_child(
+    source: str, *, name: str | None = None, type: str | None = None, quantize: int | None = None
+) -> Iterator[bytes]:
+    """Run `mlx-serve pull --progress json` as a child and yield its progress lines (see pull_progress).
+
+    A child keeps the download and the conversion (which may need much memory) out of the server, and
+    the memory goes back to the system when it exits. The last line is always `success` or an error."""
+    args = [sys.executable, "-m", "mlx_serve", "pull", "--progress", "json"]
+    if name is not None:
+        args += ["--name", name]
+    if type is not None:
+        args += ["--type", type]
+    if quantize is not None:
+        args += ["--quantize", str(quantize)]
+    args += ["--", source]  # a source is never read as an option, whatever it starts with
+    child = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=os.environ.copy()
+    )
+    assert child.stdout is not None
+    failed = False
+    try:
+        for line in child.stdout:
+            if line.strip():
+                failed = pull_progress.error_of(line) is not None
+                yield line
+    except GeneratorExit:  # the client went away: the pull goes on by itself, and is reaped when done
+        threading.Thread(target=child.wait, name="pull-reaper", daemon=True).start()
+        raise
+    code = child.wait()
+    if code != 0 and not failed:
+        yield pull_progress.encode_error(f"the pull failed (exit code {code})")

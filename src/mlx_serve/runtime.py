@@ -1,20 +1,23 @@
-"""What the HTTP layer calls: model lookup, loading, embedding and reranking.
+"""The runtime: everything the HTTP layer calls (embed, rerank, models, ps, unload, delete, pull).
 
 Request threads never touch MLX: each call becomes a job for the scheduler's inference thread, and the
-request thread waits on its future with a deadline. Loaded models live in one LRU cache per type.
+request thread waits on its future with a deadline. Loaded models live in the cache, one LRU per type.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import gc
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import mlx.core as mx
 import numpy as np
 
-from mlx_serve.cache import ModelCache
+from mlx_serve import pull
+from mlx_serve.cache import LoadedModel, ModelCache
 from mlx_serve.engine import Embedder, Embeddings, InputError, Reranker, Seq, load_model, truncate_dimensions
 from mlx_serve.engine.reranker import EmbeddingRanker
 from mlx_serve.logs import get_logger
@@ -70,9 +73,11 @@ class Runtime:
             {"embedding": settings.cache_max_embedding_models, "reranker": settings.cache_max_reranker_models},
             settings.cache_ttl_seconds,
             metrics,
-            self._load,
-            self.scheduler.call,
+            load=self._load,
+            release=_release_memory,
+            run_control=self.scheduler.control,
         )
+        self.cache.start()
 
     # -- lookups (request threads) -------------------------------------------------------------
     def entry(self, name: str) -> ModelEntry:
@@ -81,8 +86,25 @@ class Runtime:
             raise ModelNotFound(name)
         return entry
 
+    def models(self) -> list[ModelEntry]:
+        """Every model this server can serve: the store, plus the built-in one."""
+        return self.store.list()
+
+    def describe(self, name: str) -> dict[str, Any]:
+        """A model's details, as `mlx-serve show` prints them."""
+        return self.store.describe(self.entry(name))
+
     def loaded(self) -> list[str]:
         return self.cache.loaded()
+
+    def ps(self) -> list[LoadedModel]:
+        return self.cache.snapshot()
+
+    def pull(
+        self, source: str, *, name: str | None = None, type: str | None = None, quantize: int | None = None
+    ) -> Iterator[bytes]:
+        """Pull into the store in a child process; its progress lines (pull_progress), as they come."""
+        return pull.pull_in_child(source, name=name, type=type, quantize=quantize)
 
     def delete(self, name: str) -> None:
         """Remove a stored model; if loaded, it is unloaded after its in-flight requests first."""
@@ -94,13 +116,12 @@ class Runtime:
 
     def unload(self, name: str) -> bool:
         """Unload `name` once its in-flight requests finish; False if it is not loaded."""
-        self.entry(name)  # ModelNotFound for a name the store does not have
-        return self.cache.request_unload(name)
+        return self.cache.request_unload(self.entry(name).name)  # ModelNotFound for an unknown name
 
     # -- on the inference thread ----------------------------------------------------------------
     def _load(self, entry: ModelEntry) -> Embedder | Reranker:
         instruction = self.settings.model_instructions.get(entry.name)
-        return load_model(entry.name, entry.path, entry.type, self.settings.dtype, instruction)
+        return load_model(entry.name, entry.path, type=entry.type, dtype=self.settings.dtype, instruction=instruction)
 
     def _wait(self, future: Future) -> Any:
         try:
@@ -124,9 +145,9 @@ class Runtime:
             except ValueError as exc:  # e.g. an instruction for a model that takes none
                 raise InvalidRequest(str(exc), "instruction") from None
 
-        job = Job(entry.name, load=lambda: self.cache.get(entry), prepare=guarded, finish=finish)
         # The lease holds the model from lookup to response: nothing unloads it under this request.
-        with self.cache.lease(entry, keep_alive):
+        with self.cache.lease(entry, keep_alive) as slot:
+            job = Job(entry.name, slot, load=lambda: self.cache.load(slot), prepare=guarded, finish=finish)
             try:
                 return self._wait(self.scheduler.submit(job))
             except QueueFull as exc:
@@ -137,6 +158,7 @@ class Runtime:
         self,
         name: str,
         inputs: Sequence[str | Sequence[int]],
+        *,
         dimensions: int | None = None,
         instruction: str | None = None,
         input_type: InputType | None = None,
@@ -174,6 +196,7 @@ class Runtime:
         name: str,
         query: str,
         documents: Sequence[str],
+        *,
         instruction: str | None = None,
         truncate: bool | None = None,
         keep_alive: float | None = None,
@@ -208,9 +231,9 @@ class Runtime:
             try:
                 entry = self.entry(name)
                 if self.settings.preload_pinned:
-                    self.cache.pin(entry)
-                with self.cache.lease(entry):  # idle from the moment it is loaded: the TTL runs from then
-                    self._wait(self.scheduler.call(lambda e=entry: self.cache.get(e)))
+                    self.cache.pin(entry.name)
+                with self.cache.lease(entry) as slot:  # idle from the moment it is loaded: the TTL runs from then
+                    self._wait(self.scheduler.control(lambda s=slot: self.cache.load(s)))
             except ModelNotFound:
                 raise PreloadError(f"cannot preload model {name!r}: no such model") from None
             except Exception as exc:
@@ -220,3 +243,10 @@ class Runtime:
         """Let queued and running work finish, then stop the inference thread."""
         self.cache.close()
         self.scheduler.close()
+
+
+def _release_memory() -> None:
+    # A model's object graph has cycles: free its arrays now, not at some later GC; then hand MLX's
+    # buffer cache back to the system.
+    gc.collect()
+    mx.clear_cache()

@@ -32,9 +32,9 @@ def _gunicorn_logger(fmt: str) -> type[glogging.Logger]:
 
 
 class Server(BaseApplication):
-    def __init__(self, settings: Settings, state_dir: Path) -> None:
+    def __init__(self, settings: Settings, home: Path) -> None:
         self.settings = settings
-        self.state_dir = state_dir
+        self.home = home
         self.runtime = None
         super().__init__()
 
@@ -68,7 +68,7 @@ class Server(BaseApplication):
 
     def load(self) -> Any:
         # Imported here so the master process never imports MLX.
-        from mlx_serve.app import create_app
+        from mlx_serve.http import create_app
         from mlx_serve.metrics import Metrics
         from mlx_serve.runtime import Runtime
         from mlx_serve.store import ModelStore
@@ -104,13 +104,13 @@ class Server(BaseApplication):
 
     def _when_ready(self, server: Any) -> None:
         # The master listens now: record it, so start/stop/status can find this instance.
-        lifecycle.write_pid_file(self.state_dir, self.settings.port, self.settings.host)
+        lifecycle.write_pid_file(self.home, self.settings.port, self.settings.host)
 
     def _on_exit(self, server: Any) -> None:
-        lifecycle.remove_pid_file(self.state_dir, self.settings.port, pid=os.getpid())
+        lifecycle.remove_pid_file(self.home, self.settings.port, pid=os.getpid())
 
 
-def serve(settings: Settings, state_dir: Path | None = None) -> None:
+def serve(settings: Settings, home: Path | None = None) -> None:
     """Run in the foreground until SIGTERM (graceful) or SIGINT (quick)."""
     configure(settings.log_level, settings.log_format)
-    Server(settings, state_dir or home_dir()).run()
+    Server(settings, home or home_dir()).run()

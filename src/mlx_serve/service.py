@@ -76,11 +76,11 @@ class Plan:
 class Manager:
     name: str
 
-    def __init__(self, settings: Settings, port: int, home: Path, state_dir: Path) -> None:
+    def __init__(self, settings: Settings, port: int, user_home: Path, home: Path) -> None:
         self.settings = settings
         self.port = port
+        self.user_home = user_home
         self.home = home
-        self.state_dir = state_dir
 
     @property
     def stop_timeout(self) -> int:
@@ -104,7 +104,7 @@ class Systemd(Manager):
         return f"mlx-serve@{self.port}.service"
 
     def path(self) -> Path:
-        config = os.environ.get("XDG_CONFIG_HOME") or str(self.home / ".config")
+        config = os.environ.get("XDG_CONFIG_HOME") or str(self.user_home / ".config")
         return Path(config) / "systemd" / "user" / "mlx-serve@.service"
 
     def render(self) -> str:
@@ -157,7 +157,7 @@ class Launchd(Manager):
         return f"gui/{os.getuid()}"
 
     def path(self) -> Path:
-        return self.home / "Library" / "LaunchAgents" / f"{self.label}.plist"
+        return self.user_home / "Library" / "LaunchAgents" / f"{self.label}.plist"
 
     def render(self) -> str:
         s = self.settings
@@ -176,7 +176,7 @@ class Launchd(Manager):
             "keep_alive": keep_alive,
             "restart_delay": str(s.service.restart_delay),
             "stop_timeout": str(self.stop_timeout),
-            "log": str(lifecycle.log_file(self.state_dir, self.port)),
+            "log": str(lifecycle.log_file(self.home, self.port)),
         }
         safe = {k: v if k == "keep_alive" else escape(v) for k, v in values.items()}
         return Template((TEMPLATES / "com.mlx-serve.plist").read_text()).substitute(safe)
@@ -207,9 +207,9 @@ class Launchd(Manager):
         return Plan([self._ctl(verb, target)])  # enable, disable
 
 
-def manager_for(platform_name: Platform, settings: Settings, port: int, home: Path, state_dir: Path) -> Manager:
+def manager_for(platform_name: Platform, settings: Settings, port: int, user_home: Path, home: Path) -> Manager:
     cls = Systemd if platform_name == "linux" else Launchd
-    return cls(settings, port, home, state_dir)
+    return cls(settings, port, user_home, home)
 
 
 def carry_out(plan: Plan, dry_run: bool, out: TextIO = sys.stdout) -> int:
@@ -245,9 +245,9 @@ def carry_out(plan: Plan, dry_run: bool, out: TextIO = sys.stdout) -> int:
     return 0
 
 
-def stop_managed(manager: str, settings: Settings, port: int, home: Path, state_dir: Path) -> int:
+def stop_managed(manager: str, settings: Settings, port: int, user_home: Path, home: Path) -> int:
     """Stop a server its manager runs: a SIGTERM from us would count as a crash and be restarted."""
     platform_name: Platform = "linux" if manager == "systemd" else "macos"
-    plan = manager_for(platform_name, settings, port, home, state_dir).plan("stop")
+    plan = manager_for(platform_name, settings, port, user_home, home).plan("stop")
     print(f"port {port}: run by {manager}; stopping it through {manager}")
     return carry_out(plan, dry_run=False)

@@ -142,7 +142,7 @@ class ModelStore:
         self,
         source: Path,
         name: str,
-        model_type: ModelType | None = None,
+        type: ModelType | None = None,
         *,
         convert: Callable[[Path], dict] | None = None,
         source_label: str | None = None,
@@ -164,7 +164,7 @@ class ModelStore:
             raise StoreError(f"{source} holds no .safetensors weights{detail}; convert them to safetensors first")
         if not (source / "tokenizer.json").exists():
             raise StoreError(f"{source} has no tokenizer.json")
-        model_type = model_type or detect_type(source)
+        type = type or detect_type(source)
         self.root.mkdir(parents=True, exist_ok=True)
         # Checked before anything is touched: a failure below deletes the staging folder.
         if adopt and source.parent != self.root.resolve():
@@ -179,7 +179,7 @@ class ModelStore:
                 shutil.copytree(source, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*_NOT_COPIED))
             extra = convert(staging) if convert else {}
             meta = {
-                **describe_dir(staging, model_type, source_label or str(source)),
+                **describe_dir(staging, type, source_label or str(source)),
                 "revision": revision,
                 **extra,
             }
@@ -223,7 +223,7 @@ class ModelStore:
 _NOT_COPIED = (".git", ".cache", "*.bin", "*.pt", "*.pth", "*.h5", "*.msgpack", "*.onnx", "onnx", "openvino", METADATA)
 
 
-def describe_dir(model_dir: Path, model_type: ModelType, source: str) -> dict:
+def describe_dir(model_dir: Path, type: ModelType, source: str) -> dict:
     """Metadata from a model directory's own files."""
     try:
         config = json.loads((model_dir / "config.json").read_text())
@@ -234,7 +234,7 @@ def describe_dir(model_dir: Path, model_type: ModelType, source: str) -> dict:
     quant = config.get("quantization") or {}
     size = sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file() and p.name != METADATA)
     return {
-        "type": model_type,
+        "type": type,
         "architecture": (config.get("architectures") or [config.get("model_type", "unknown")])[0],
         "source": source,
         "dimensions": config.get("hidden_size"),

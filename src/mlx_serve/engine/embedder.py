@@ -23,7 +23,7 @@ class Embeddings:
 
 
 class Embedder:
-    kind = "embedding"
+    type = "embedding"
 
     def __init__(
         self,

@@ -75,14 +75,14 @@ def read_config(model_dir: Path) -> dict:
 
 
 def load_model(
-    name: str, model_dir: Path, kind: str, dtype: str = "auto", instruction: str | None = None
+    name: str, model_dir: Path, *, type: str, dtype: str = "auto", instruction: str | None = None
 ) -> Embedder | Reranker:
-    """Load `model_dir` as an embedding model or a reranker (`kind`), warmed up and ready to run.
+    """Load `model_dir` as an embedding model or a reranker (`type`), warmed up and ready to run.
 
     `instruction` replaces the model's default task for queries (Qwen3 embedding and reranking)."""
     jit.enable()  # before anything compiles: decoders' mlx-lm kernels gain from it too
     config = read_config(model_dir)
-    model = _load(name, model_dir, kind, config, compute_dtype(dtype), instruction)
+    model = _load(name, model_dir, type, config, compute_dtype(dtype), instruction)
     # Loading leaves MLX's buffer cache full of weight-sized buffers that inference never reuses; while
     # it stays full, every activation goes back to malloc and page faults (GELU ran 5x slower).
     mx.clear_cache()
@@ -95,28 +95,28 @@ def load_model(
 
 
 def load_embedder(name: str, model_dir: Path, dtype: str = "auto") -> Embedder:
-    model = load_model(name, model_dir, "embedding", dtype)
+    model = load_model(name, model_dir, type="embedding", dtype=dtype)
     assert isinstance(model, Embedder)
     return model
 
 
 def _load(
-    name: str, model_dir: Path, kind: str, config: dict, dtype: mx.Dtype, instruction: str | None
+    name: str, model_dir: Path, type: str, config: dict, dtype: mx.Dtype, instruction: str | None
 ) -> Embedder | Reranker:
     tokenizer_file = model_dir / "tokenizer.json"
     if not tokenizer_file.exists():
         raise UnsupportedModelError(f"{model_dir} has no tokenizer.json")
-    model_type = config.get("model_type", "")
+    arch = config.get("model_type", "")
     archs = config.get("architectures") or []
     streams = inference_streams()
-    if model_type in BERT_FAMILY:
+    if arch in BERT_FAMILY:
         kernels = Kernels.choose(gpu=mx.default_device() == mx.gpu, native_cpu=jit.enable().native)
         encoder = BertEncoder.load(model_dir, BertConfig.from_dict(config), dtype, kernels)
         mx.eval(encoder.arrays())
         tokenizer = TextTokenizer(tokenizer_file, max_seq_length(model_dir, config))
         pad_id = int(config.get("pad_token_id", 0))
         if any(a.endswith("ForSequenceClassification") for a in archs):
-            if kind != "reranker":
+            if type != "reranker":
                 raise UnsupportedModelError(f"{name} is a cross-encoder: it reranks, it does not embed")
             head = cross_encoder_head(SequenceClassifier(encoder))
             return CrossEncoder(name, tokenizer, BatchRunner(head, pad_id, "right", streams), encoder.arrays)
@@ -135,12 +135,12 @@ def _load(
     except ValueError as exc:  # mlx-lm does not know the architecture
         raise UnsupportedModelError(f"{name}: {exc}") from exc
     mx.eval(stack.arrays())
-    if kind == "reranker":
+    if type == "reranker":
         limit = min(RERANKER_MAX_LENGTH, int(config.get("max_position_embeddings", RERANKER_MAX_LENGTH)))
         return Qwen3Reranker(
             name, TextTokenizer(tokenizer_file, limit), stack, streams, instruction or DEFAULT_INSTRUCTION
         )
-    is_qwen3 = model_type.startswith("qwen3")
+    is_qwen3 = arch.startswith("qwen3")
     return Embedder(
         name,
         stack,

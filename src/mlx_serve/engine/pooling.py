@@ -27,12 +27,12 @@ class PoolingConfig:
         mode: Mode = default
         normalize = False
         for module in modules:
-            kind = module.get("type", "")
-            if kind.endswith("Pooling"):
+            module_class = module.get("type", "")
+            if module_class.endswith("Pooling"):
                 cfg_file = model_dir / module.get("path", "") / "config.json"
                 if cfg_file.exists():
                     mode = _mode_from(json.loads(cfg_file.read_text()), default)
-            elif kind.endswith("Normalize"):
+            elif module_class.endswith("Normalize"):
                 normalize = True
         return cls(mode, normalize)
 

@@ -36,7 +36,7 @@ class Scores:
 class Reranker:
     """Base: pairs -> sequences -> one score per sequence through the batch runner."""
 
-    kind = "reranker"
+    type = "reranker"
 
     def __init__(
         self, name: str, tokenizer: TextTokenizer, runner: BatchRunner, arrays: Callable[[], list[mx.array]]

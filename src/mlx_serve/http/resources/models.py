@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import falcon
 
-from mlx_serve.store import ModelStore
+from mlx_serve.runtime import Runtime
 
 
 class ModelsResource:
-    def __init__(self, store: ModelStore) -> None:
-        self.store = store
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = {
             "object": "list",
             "data": [
                 {"id": e.name, "object": "model", "created": e.created, "owned_by": "mlx-serve", "type": e.type}
-                for e in self.store.list()
+                for e in self.runtime.models()
             ],
         }

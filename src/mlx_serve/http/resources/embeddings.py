@@ -7,10 +7,10 @@ import base64
 import falcon
 import numpy as np
 
-from mlx_serve.resources.body import read_json_object
-from mlx_serve.resources.errors import runtime_errors
+from mlx_serve.http.body import read_json_object
+from mlx_serve.http.errors import runtime_errors
+from mlx_serve.http.schemas import parse_embedding_request
 from mlx_serve.runtime import Runtime
-from mlx_serve.schemas import parse_embedding_request
 
 
 class EmbeddingsResource:
@@ -26,11 +26,11 @@ class EmbeddingsResource:
             result = self.runtime.embed(
                 request.model,
                 request.input,
-                request.dimensions,
-                request.instruction,
-                request.input_type,
-                request.truncate,
-                request.keep_alive,
+                dimensions=request.dimensions,
+                instruction=request.instruction,
+                input_type=request.input_type,
+                truncate=request.truncate,
+                keep_alive=request.keep_alive,
             )
         tokens = sum(result.embeddings.token_counts)
         req.context.tokens = tokens

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import falcon
 
+from mlx_serve.engine import InputError
 from mlx_serve.logs import get_logger
+from mlx_serve.runtime import InvalidRequest, ModelNotFound, Overloaded
+from mlx_serve.store import InvalidNameError
 
 _TYPES = {
     400: "invalid_request_error",
@@ -19,16 +24,18 @@ _TYPES = {
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, code: str, param: str | None = None, kind: str | None = None):
+    def __init__(
+        self, status: int, message: str, code: str, param: str | None = None, error_type: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
         self.param = param
-        self.kind = kind or _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+        self.error_type = error_type or _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.kind, "code": self.code, "param": self.param}}
+        return {"error": {"message": self.message, "type": self.error_type, "code": self.code, "param": self.param}}
 
 
 def bad_request(message: str, code: str = "invalid_request", param: str | None = None) -> ApiError:
@@ -39,6 +46,26 @@ def model_not_found(name: str) -> ApiError:
     return ApiError(
         404, f"The model {name!r} does not exist. `GET /v1/models` lists the models.", "model_not_found", "model"
     )
+
+
+def overloaded(message: str) -> ApiError:
+    return ApiError(503, message, "overloaded")
+
+
+@contextmanager
+def runtime_errors(model: str, inputs_param: str | None = None) -> Iterator[None]:
+    """The runtime's exceptions as API errors; `inputs_param` names the field inputs came in."""
+    try:
+        yield
+    except (ModelNotFound, InvalidNameError):
+        raise model_not_found(model) from None
+    except InputError as exc:
+        param = inputs_param or "input"
+        raise bad_request(str(exc).replace("input[", f"{param}["), "invalid_input", param) from None
+    except InvalidRequest as exc:
+        raise bad_request(str(exc), f"invalid_{exc.param}", exc.param) from None
+    except Overloaded as exc:
+        raise overloaded(f"The server is busy: {exc}. Retry later.") from None
 
 
 def _send(resp: falcon.Response, error: ApiError) -> None:
@@ -70,7 +97,9 @@ def handle_unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception,
     """Anything else: logged with its traceback, answered with a 500 that names the request id only."""
     get_logger().exception("unhandled_error", path=req.path)
     rid = getattr(req.context, "request_id", "")
-    _send(resp, ApiError(500, f"Internal server error (request id {rid}).", "internal_error", kind="server_error"))
+    _send(
+        resp, ApiError(500, f"Internal server error (request id {rid}).", "internal_error", error_type="server_error")
+    )
 
 
 def install(app: falcon.App) -> None:

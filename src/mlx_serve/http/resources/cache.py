@@ -1,15 +1,14 @@
-"""The Ollama-style control plane over loaded models: GET /api/ps and POST /api/unload."""
+"""The loaded models over HTTP, Ollama-style: GET /api/ps and POST /api/unload."""
 
 from __future__ import annotations
 
 import falcon
 
-from mlx_serve.errors import model_not_found
-from mlx_serve.resources import iso_utc
-from mlx_serve.resources.body import read_json_object
-from mlx_serve.runtime import ModelNotFound, Runtime
-from mlx_serve.schemas import parse_name_request
-from mlx_serve.store import InvalidNameError
+from mlx_serve.http.body import read_json_object
+from mlx_serve.http.errors import runtime_errors
+from mlx_serve.http.resources import iso_utc
+from mlx_serve.http.schemas import parse_name_request
+from mlx_serve.runtime import Runtime
 
 
 class PsResource:
@@ -17,8 +16,19 @@ class PsResource:
         self.runtime = runtime
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        models = self.runtime.cache.snapshot()
-        resp.media = {"models": [{**m, "expires_at": m["expires_at"] and iso_utc(m["expires_at"])} for m in models]}
+        resp.media = {
+            "models": [
+                {
+                    "name": m.name,
+                    "type": m.type,
+                    "size_bytes": m.size_bytes,
+                    "in_flight": m.in_flight,
+                    "pinned": m.pinned,
+                    "expires_at": None if m.expires_at is None else iso_utc(m.expires_at),
+                }
+                for m in self.runtime.ps()
+            ]
+        }
 
 
 class UnloadResource:
@@ -29,9 +39,7 @@ class UnloadResource:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         name = parse_name_request(read_json_object(req, self.max_request_bytes)).name
         req.context.model = name
-        try:
+        with runtime_errors(name):
             unloading = self.runtime.unload(name)
-        except (ModelNotFound, InvalidNameError):
-            raise model_not_found(name) from None
         # In-flight requests finish first; the unload itself happens right after them.
         resp.media = {"name": name, "status": "unloading" if unloading else "not_loaded"}

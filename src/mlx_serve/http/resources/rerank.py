@@ -5,10 +5,10 @@ from __future__ import annotations
 import falcon
 import numpy as np
 
-from mlx_serve.resources.body import read_json_object
-from mlx_serve.resources.errors import runtime_errors
+from mlx_serve.http.body import read_json_object
+from mlx_serve.http.errors import runtime_errors
+from mlx_serve.http.schemas import parse_rerank_request
 from mlx_serve.runtime import Runtime
-from mlx_serve.schemas import parse_rerank_request
 
 
 class RerankResource:
@@ -25,9 +25,9 @@ class RerankResource:
                 request.model,
                 request.query,
                 request.documents,
-                request.instruction,
-                request.truncate,
-                request.keep_alive,
+                instruction=request.instruction,
+                truncate=request.truncate,
+                keep_alive=request.keep_alive,
             )
         req.context.tokens = result.tokens
         # Highest score first; equal scores keep document order (a stable sort).

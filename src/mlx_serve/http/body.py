@@ -7,7 +7,7 @@ from typing import Any
 
 import falcon
 
-from mlx_serve.errors import ApiError, bad_request
+from mlx_serve.http.errors import ApiError, bad_request
 
 
 def read_json_object(req: falcon.Request, limit: int) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
 
-from mlx_serve.errors import ApiError, bad_request, model_not_found
+from mlx_serve.http.errors import ApiError, bad_request, model_not_found
 
 Input = str | list[int]
 

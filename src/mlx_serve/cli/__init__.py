@@ -1,0 +1,37 @@
+"""The `mlx-serve` command. Flags become the highest settings layer; output is for people unless --json.
+
+- `parser`: every subcommand and its flags;
+- `server_commands`: config, start, stop, status, service;
+- `model_commands`: pull, list, show, remove, ps, unload;
+- `client`: talking to a running server; `table`: printing lists.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Sequence
+
+from mlx_serve.cli.parser import build_parser, cli_layer
+from mlx_serve.settings import SettingsError, load_settings
+
+EXIT_CONFIG = 2
+PRINTING_COMMANDS = {"config", "list", "show", "ps", "status"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command in PRINTING_COMMANDS and hasattr(signal, "SIGPIPE"):
+        # `mlx-serve list | head` ends quietly, like other tools. Never for `start`: a server must get an
+        # error, not die, when a client hangs up.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    try:
+        loaded = load_settings(cli=cli_layer(args))
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        print("mlx-serve: not started: fix the settings above.", file=sys.stderr)
+        return EXIT_CONFIG
+    return int(args.func(args, loaded) or 0)
+
+
+__all__ = ["main"]

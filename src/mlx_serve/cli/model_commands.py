@@ -1,0 +1,131 @@
+"""Commands about models: pull, list, show, remove (the store) and ps, unload (a running server's cache)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from mlx_serve import lifecycle
+from mlx_serve.cli.client import ClientError, ServerClient
+from mlx_serve.cli.table import print_table
+from mlx_serve.settings import LoadedSettings, Settings, home_dir
+from mlx_serve.store import ModelStore, StoreError
+
+
+def _store(settings: Settings) -> ModelStore:
+    return ModelStore(settings.models_dir, settings.model_aliases)
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"mlx-serve: {message}", file=sys.stderr)
+    return code
+
+
+def _running_server(settings: Settings, timeout: float = 30.0) -> ServerClient | None:
+    inst = lifecycle.inspect(home_dir(), settings.port)
+    return ServerClient(inst.url, timeout) if inst.state == "running" else None
+
+
+def cmd_pull(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    from mlx_serve.pull import pull
+    from mlx_serve.pull_progress import LineWriter
+
+    # `--progress json`: NDJSON lines on standard output (what /api/pull relays), errors included.
+    writer = LineWriter(sys.stdout.buffer) if args.progress == "json" else None
+    try:
+        entry, did = pull(
+            _store(loaded.settings),
+            args.source,
+            name=args.name,
+            type=args.type,
+            quantize=args.quantize,
+            report=writer.progress if writer else None,
+            show_bars=sys.stderr.isatty() and writer is None,
+        )
+    except StoreError as exc:
+        if writer:
+            writer.error(str(exc))
+            return 1
+        return _fail(str(exc))
+    if not writer:
+        print(f"{'pulled' if did else 'already pulled:'} {entry.name} ({entry.type}) into {entry.path}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    entries = _store(loaded.settings).list()
+    if args.json:
+        print(json.dumps([e.to_dict() for e in entries], indent=2))
+    else:
+        print_table(("NAME", "TYPE", "SOURCE"), [(e.name, e.type, e.source) for e in entries])
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    store = _store(loaded.settings)
+    try:
+        entry = store.get(args.name)
+    except StoreError as exc:
+        return _fail(str(exc))
+    if entry is None:
+        return _fail(f"no model {args.name!r}")
+    details = store.describe(entry)
+    if args.json:
+        print(json.dumps(details, indent=2))
+    else:
+        width = max(len(k) for k in details)
+        for key, value in details.items():
+            print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    settings = loaded.settings
+    server = _running_server(settings, timeout=settings.request_timeout + 10)
+    try:
+        if server is not None:  # the server unloads it after its in-flight requests, then deletes it
+            server.delete("/api/delete", {"name": args.name})
+        else:
+            _store(settings).delete(args.name)
+    except (ClientError, StoreError) as exc:
+        return _fail(str(exc))
+    print(f"removed {args.name}")
+    return 0
+
+
+def cmd_ps(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    server = _running_server(loaded.settings)
+    if server is None:
+        return _fail(f"no server is running on port {loaded.settings.port}", 3)
+    try:
+        models = server.get("/api/ps")["models"]
+    except ClientError as exc:
+        return _fail(str(exc))
+    if args.json:
+        print(json.dumps(models, indent=2))
+        return 0
+    rows = [
+        (
+            m["name"],
+            m["type"],
+            f"{m['size_bytes'] / 2**20:.0f} MiB",
+            m["in_flight"],
+            "never" if m["expires_at"] is None else m["expires_at"],
+        )
+        for m in models
+    ]
+    print_table(("NAME", "TYPE", "SIZE", "IN FLIGHT", "EXPIRES"), rows)
+    return 0
+
+
+def cmd_unload(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    server = _running_server(loaded.settings)
+    if server is None:
+        return _fail(f"no server is running on port {loaded.settings.port}", 3)
+    try:
+        answer = server.post("/api/unload", {"name": args.name})
+    except ClientError as exc:
+        return _fail(str(exc))
+    print(f"{args.name}: {answer['status'].replace('_', ' ')}")
+    return 0

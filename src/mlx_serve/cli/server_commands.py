@@ -1,0 +1,193 @@
+"""Commands about the server itself: config, start, stop, status, service."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from mlx_serve import lifecycle
+from mlx_serve.settings import LoadedSettings, Settings, effective_values, home_dir
+
+STATUS_EXIT = {"running": 0, "stale": 1, "stopped": 3}  # LSB init-script codes
+
+
+def cmd_config(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    values = effective_values(loaded.settings)
+    if args.json:
+        print(
+            json.dumps(
+                {k: {"value": v, "origin": loaded.origins.get(k, "defaults")} for k, v in values.items()}, indent=2
+            )
+        )
+        return 0
+    width = max(len(k) for k in values)
+    for key, value in values.items():
+        print(f"{key:<{width}}  {json.dumps(value):<24}  {loaded.origins.get(key, 'defaults')}")
+    return 0
+
+
+def _refuse_if_taken(settings: Settings, home: Path) -> int | None:
+    """Exit code if this port cannot be ours: a live instance, or another program on it."""
+    inst = lifecycle.inspect(home, settings.port)
+    if inst.state == "running":
+        assert inst.record is not None
+        print(
+            f"mlx-serve is already running on port {settings.port} (PID {inst.record.pid}): {inst.url}", file=sys.stderr
+        )
+        return 1
+    if inst.state == "stale":
+        lifecycle.remove_pid_file(home, settings.port)
+        print(f"removed a stale PID file for port {settings.port}: {inst.reason}", file=sys.stderr)
+    holder = lifecycle.port_in_use(settings.host, settings.port)
+    if holder:
+        print(
+            f"mlx-serve: port {settings.port} on {settings.host} is in use by {holder}; choose another with --port",
+            file=sys.stderr,
+        )
+        return 1
+    return None
+
+
+def cmd_start(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    settings, home = loaded.settings, home_dir()
+    refused = _refuse_if_taken(settings, home)
+    if refused is not None:
+        return refused
+    if args.foreground:
+        from mlx_serve.server import serve
+
+        serve(settings, home)
+        return 0
+    # Only what was given on the command line: the child reads the other layers itself.
+    flags = [
+        f"--{key.replace('_', '-')}={value}"
+        for key, value in (("host", args.host), ("port", settings.port), ("log_level", args.log_level))
+        if value is not None
+    ]
+    flags += [f"--preload={name}" for name in args.preload or []]
+    started = lifecycle.start_background(
+        home, settings.host, settings.port, flags, settings.start_timeout, settings.graceful_timeout + 5
+    )
+    if not started.ok:
+        print(f"mlx-serve: the server {started.why}. The end of {started.log}:", file=sys.stderr)
+        print(started.log_tail, file=sys.stderr)
+        return 1
+    print(f"mlx-serve is running at {started.url} (PID {started.pid}); log: {started.log}")
+    return 0
+
+
+def _ports(args: argparse.Namespace, settings: Settings, home: Path) -> list[int]:
+    if getattr(args, "all", False) or (args.port is None and args.command == "status"):
+        return lifecycle.known_ports(home)
+    return [settings.port]
+
+
+def cmd_stop(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    settings, home = loaded.settings, home_dir()
+    ports = _ports(args, settings, home)
+    if not ports:
+        print("no mlx-serve instances are known")
+        return 0
+    return max(_stop_one(port, settings, home, args.force, args.now) for port in ports)
+
+
+def _stop_one(port: int, settings: Settings, home: Path, force: bool, now: bool) -> int:
+    inst = lifecycle.inspect(home, port)
+    if inst.state == "stopped":
+        print(f"port {port}: not running")
+        return 0
+    if inst.state == "stale":
+        lifecycle.remove_pid_file(home, port)
+        print(f"port {port}: not running; removed a stale PID file ({inst.reason})")
+        return 0
+    record = inst.record
+    assert record is not None
+    if record.manager:
+        from mlx_serve import service
+
+        return service.stop_managed(record.manager, settings, port, Path.home(), home)
+    wait = settings.graceful_timeout + 5
+    if not (force and now):
+        if lifecycle.signal_and_wait(record, signal.SIGTERM, wait):
+            lifecycle.remove_pid_file(home, port, pid=record.pid)  # normally the server has done it
+            print(f"port {port}: stopped (PID {record.pid})")
+            return 0
+        if not force:
+            print(f"port {port}: still running after {wait} s; `mlx-serve stop --force` kills it", file=sys.stderr)
+            return 1
+    lifecycle.signal_and_wait(record, signal.SIGKILL, 10)
+    lifecycle.remove_pid_file(home, port, pid=record.pid)
+    print(f"port {port}: killed (PID {record.pid})")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    settings, home = loaded.settings, home_dir()
+    ports = _ports(args, settings, home) or [settings.port]
+    rows = [status_row(lifecycle.inspect(home, port)) for port in ports]
+    if args.json:
+        print(json.dumps(rows if len(rows) > 1 or args.port is None else rows[0], indent=2))
+    else:
+        for row in rows:
+            if row["state"] == "running":
+                print(
+                    f"port {row['port']}: running, PID {row['pid']}, up {_duration(row['uptime_seconds'])}, "
+                    f"{row['url']}, {row['memory_bytes'] / 2**20:.0f} MiB, "
+                    f"models loaded: {', '.join(row['models_loaded']) or 'none'}"
+                )
+            elif row["state"] == "stale":
+                print(f"port {row['port']}: stale PID file ({row['reason']})")
+            else:
+                print(f"port {row['port']}: stopped")
+    states = {row["state"] for row in rows}
+    return 1 if "stale" in states else 0 if "running" in states else 3
+
+
+def status_row(inst: lifecycle.Instance) -> dict[str, Any]:
+    row: dict[str, Any] = {"port": inst.port, "state": inst.state}
+    if inst.state == "stale":
+        row["reason"] = inst.reason
+    if inst.state == "running" and inst.record is not None:
+        health = lifecycle.health(inst.url) or {}
+        row.update(
+            pid=inst.record.pid,
+            url=inst.url,
+            uptime_seconds=round(time.time() - inst.record.started, 1),
+            memory_bytes=lifecycle.memory_bytes(inst.record.pid),
+            models_loaded=health.get("models_loaded", []),
+            healthy=bool(health),
+            manager=inst.record.manager,
+        )
+    return row
+
+
+def _duration(seconds: float) -> str:
+    minutes, sec = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{sec:02d}s"
+
+
+def cmd_service(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    from mlx_serve import service
+
+    try:
+        platform_name = args.platform or service.detect_platform()
+    except service.UnsupportedPlatform as exc:
+        print(f"mlx-serve: {exc}", file=sys.stderr)
+        return 1
+    settings, home = loaded.settings, home_dir()
+    manager = service.manager_for(platform_name, settings, settings.port, Path.home(), home)
+    code = service.carry_out(manager.plan(args.verb), args.dry_run)
+    if args.verb == "status" and not args.dry_run:
+        row = status_row(lifecycle.inspect(home, settings.port))
+        print(
+            f"mlx-serve on port {settings.port}: {row['state']}"
+            + (f", PID {row['pid']}, {row['url']}, healthy: {row['healthy']}" if row["state"] == "running" else "")
+        )
+        return STATUS_EXIT[row["state"]]
+    return code

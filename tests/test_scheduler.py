@@ -1,0 +1,78 @@
+"""The scheduler's queues, with plain functions for models: request jobs are bounded, control jobs are not,
+and control jobs run before the next batch."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from mlx_serve.metrics import Metrics
+from mlx_serve.scheduler import Job, QueueFull, Scheduler
+
+
+class Doubler:
+    """A 'model' whose rows are twice each sequence's length."""
+
+    def run(self, seqs: Sequence, max_batch_tokens: int) -> np.ndarray:
+        return np.array([[2.0 * len(s)] for s in seqs])
+
+
+def job(texts: list[str], group: object = "m", log: list | None = None) -> Job:
+    def finish(model: object, rows: np.ndarray) -> list[float]:
+        if log is not None:
+            log.append(("batch", texts))
+        return rows[:, 0].tolist()
+
+    return Job("m", group, load=Doubler, prepare=lambda _m: list(texts), finish=finish)
+
+
+@pytest.fixture
+def scheduler():
+    s = Scheduler(max_batch_tokens=4096, max_queued=1, metrics=Metrics())
+    yield s
+    s.close()
+
+
+def hold(scheduler: Scheduler) -> threading.Event:
+    release, started = threading.Event(), threading.Event()
+    scheduler.control(lambda: (started.set(), release.wait(10)))
+    assert started.wait(5)
+    return release
+
+
+def test_regression_control_jobs_never_count_against_the_request_limit(scheduler) -> None:
+    release = hold(scheduler)
+    unloads = [scheduler.control(lambda: "unloaded") for _ in range(50)]  # housekeeping piles up...
+    queued = scheduler.submit(job(["ab"]))  # ...and a request is still taken in
+    with pytest.raises(QueueFull):
+        scheduler.submit(job(["c"]))  # the request limit (1) itself still holds
+    assert scheduler.queued() == (1, 50)
+    release.set()
+    assert queued.result(5) == [4.0]
+    assert [u.result(5) for u in unloads] == ["unloaded"] * 50
+
+
+def test_control_jobs_run_before_the_next_batch_and_same_group_jobs_merge(scheduler) -> None:
+    scheduler.max_queued = 10
+    order: list = []
+    release = hold(scheduler)
+    first = scheduler.submit(job(["a"], log=order))
+    second = scheduler.submit(job(["bb", "c"], log=order))
+    other = scheduler.submit(job(["zzz"], group="other", log=order))
+    control = scheduler.control(lambda: order.append("control"))
+    release.set()
+    assert (first.result(5), second.result(5), other.result(5)) == ([2.0], [4.0, 2.0], [6.0])
+    control.result(5)
+    assert order == ["control", ("batch", ["a"]), ("batch", ["bb", "c"]), ("batch", ["zzz"])]
+
+
+def test_a_failing_control_job_fails_only_itself(scheduler) -> None:
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        scheduler.control(boom).result(5)
+    assert scheduler.submit(job(["ok"])).result(5) == [4.0]
