@@ -121,7 +121,7 @@ downloaded = []
 
 def report(progress):
     if progress.status == "converting":  # the download is complete here
-        (folder,) = store.root.glob(".download-*")
+        (folder,) = store.root.glob(".download~*")
         downloaded.append([folder.stat().st_ino, (folder / "tokenizer.json").stat().st_ino])
 
 entry, _ = pull(store, "acme/Tiny-Embedding", report=report)
@@ -142,7 +142,7 @@ def test_a_hub_pull_moves_the_download_into_place_instead_of_copying_it(home: Pa
     assert out.returncode == 0, out.stderr
     inodes = json.loads(out.stdout)
     assert inodes["downloaded"] == [inodes["stored"]]
-    assert not list(models_dir(home).glob(".download-*"))
+    assert not list(models_dir(home).glob(".download~*"))
     assert not (models_dir(home) / "Tiny-Embedding" / ".cache").exists()
 
 

@@ -43,7 +43,7 @@ def test_only_a_scratch_folder_of_the_store_is_adopted_never_a_users_directory(
     with pytest.raises(StoreError, match="not a scratch folder"):
         store.import_dir(users, "mine", adopt=True)
     assert sorted(p.name for p in users.iterdir()) == sorted(p.name for p in minilm_dir.iterdir())
-    scratch = tmp_path / "models" / ".download-mine-1"
+    scratch = tmp_path / "models" / ".download~mine~1"
     shutil.copytree(minilm_dir, scratch)
     entry = store.import_dir(scratch, "mine", adopt=True)
     assert not scratch.exists() and (entry.path / "model.safetensors").exists()

@@ -9,25 +9,26 @@ Pulls of one name take a lock: a second pull of the same source waits, then find
 
 from __future__ import annotations
 
+import errno
+import fnmatch
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from mlx_serve import pull_progress
+from mlx_serve import model_files, pull_progress
 from mlx_serve.pull_progress import Progress
-from mlx_serve.store import ModelEntry, ModelStore, ModelType, StoreError, detect_type, validate_name
+from mlx_serve.store import ModelEntry, ModelStore, ModelType, StoreError, validate_name
 
 # What a model directory needs; nothing else is downloaded (no .bin/.onnx duplicates of the weights).
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.py", "1_Pooling/*", "2_Normalize/*"]
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+\Z")
 
 
 Report = Callable[[Progress], None]
@@ -50,7 +51,6 @@ def pull(
 ) -> tuple[ModelEntry, bool]:
     """Pull `source` into the store as `name`. Returns the entry and whether any work was done."""
     report = report or (lambda _p: None)
-    name = validate_name(name or default_name(source))
     local = Path(source).expanduser()
     if local.is_dir():
         label, repo_id = str(local.resolve()), None
@@ -58,11 +58,13 @@ def pull(
         label, repo_id = f"hf:{source}", source
     else:
         raise StoreError(f"{source!r} is neither a model directory nor a Hugging Face repo id (owner/name)")
+    name = validate_name(name or default_name(source))
     if quantize not in (None, 4, 8):
         raise StoreError(f"quantize must be 4 or 8, not {quantize}")
     store.root.mkdir(parents=True, exist_ok=True)
     with store.lock(name):
         store.clean_leftovers(name)
+        store.clean_leftovers()  # and what killed pulls of other names left (their locks are free)
         existing = store.metadata(name)
         if (
             existing
@@ -74,31 +76,35 @@ def pull(
             entry = store.get(name)
             assert entry is not None
             return entry, False
-        download = Path(tempfile.mkdtemp(prefix=f".download-{name}-", dir=store.root))
+        download = store.scratch("download", name)
         try:
-            revision = None
+            revision, boundary = None, None
             if repo_id is not None:
                 report(Progress("pulling manifest"))
-                local, revision = _download(repo_id, download, report, show_bars)
+                local, revision = _download(repo_id, download, report, show_bars, store.root)
+                if local != download:  # a snapshot of the Hugging Face cache links into the repo's blobs
+                    boundary = local.parents[1]
             report(Progress("converting"))
-            detected = type or detect_type(local)
             entry = store.import_dir(
                 local,
                 name,
-                detected,
+                type,
                 source_label=label,
                 revision=revision,
-                convert=lambda staging: _convert(staging, detected, quantize),
+                convert=lambda staging, detected: _convert(staging, detected, quantize),
                 adopt=local == download,  # offline pulls read the Hugging Face cache, which must stay
+                boundary=boundary,
             )
+        except OSError as exc:  # the download's own disk errors (the store's are StoreErrors already)
+            raise StoreError(f"could not pull {source}: {exc.strerror or exc}") from None
         finally:
             shutil.rmtree(download, ignore_errors=True)
         report(Progress("success"))
         return entry, True
 
 
-def _download(repo_id: str, target: Path, report: Report, show_bars: bool) -> tuple[Path, str | None]:
-    """The repo's files in a local folder, and the revision pulled (None when offline)."""
+def _download(repo_id: str, target: Path, report: Report, show_bars: bool, store_root: Path) -> tuple[Path, str | None]:
+    """The repo's files in a local folder, and the revision pulled (offline: the cached snapshot's)."""
     from huggingface_hub import HfApi, constants, snapshot_download
     from tqdm.auto import tqdm
 
@@ -120,12 +126,27 @@ def _download(repo_id: str, target: Path, report: Report, show_bars: bool) -> tu
 
     try:
         if constants.HF_HUB_OFFLINE:  # HF_HUB_OFFLINE: what the local Hugging Face cache holds, no network
-            return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, local_files_only=True)), None
-        revision = HfApi().repo_info(repo_id).sha
+            snapshot = Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, local_files_only=True))
+            return snapshot, snapshot.name  # snapshots are named by their commit
+        info = HfApi().repo_info(repo_id, files_metadata=True)
+        sizes = [f.size for f in info.siblings or [] if _wanted(f.rfilename)]
+        if sizes and all(size is not None for size in sizes):
+            model_files.check_free_space(store_root, sum(sizes))  # before a byte is downloaded
+        revision = info.sha
         snapshot_download(repo_id, revision=revision, local_dir=target, allow_patterns=HUB_FILES, tqdm_class=Reporting)
+    except model_files.RefusedFolder as exc:
+        raise StoreError(str(exc)) from None
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise StoreError(f"the disk is full: could not download {repo_id}") from None
+        raise StoreError(f"could not download {repo_id}: {exc}") from exc
     except Exception as exc:  # HTTP, transport (dropped connections), offline misses and file errors alike
         raise StoreError(f"could not download {repo_id}: {exc}") from exc
     return target, revision
+
+
+def _wanted(filename: str) -> bool:
+    return any(fnmatch.fnmatch(filename, pattern) for pattern in HUB_FILES)
 
 
 def _convert(staging: Path, type: ModelType, quantize: int | None) -> dict[str, Any]:
@@ -162,7 +183,12 @@ def _dtype_of(config: dict) -> Any:
 
 
 def pull_in_child(
-    source: str, *, name: str | None = None, type: str | None = None, quantize: int | None = None
+    source: str,
+    *,
+    name: str | None = None,
+    type: str | None = None,
+    quantize: int | None = None,
+    timeout: float | None = None,
 ) -> Iterator[bytes]:
     """Run `mlx-serve pull --progress json` as a child and yield its progress lines (see pull_progress).
 
@@ -180,6 +206,11 @@ def pull_in_child(
         args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=os.environ.copy()
     )
     assert child.stdout is not None
+    # A pull that outlives `pull_timeout` is killed; its staging is cleared by the next pull or start.
+    timer = threading.Timer(timeout, child.kill) if timeout else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
     failed = False
     try:
         for line in child.stdout:
@@ -190,5 +221,10 @@ def pull_in_child(
         threading.Thread(target=child.wait, name="pull-reaper", daemon=True).start()
         raise
     code = child.wait()
-    if code != 0 and not failed:
+    timed_out = timer is not None and not timer.is_alive() and code < 0
+    if timer is not None:
+        timer.cancel()
+    if timed_out:
+        yield pull_progress.encode_error(f"the pull was stopped after {timeout:g} s (the pull_timeout setting)")
+    elif code != 0 and not failed:
         yield pull_progress.encode_error(f"the pull failed (exit code {code})")

