@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import mlx.core as mx
@@ -90,9 +91,16 @@ class Runtime:
         """Every model this server can serve: the store, plus the built-in one."""
         return self.store.list()
 
-    def describe(self, name: str) -> dict[str, Any]:
-        """A model's details, as `mlx-serve show` prints them."""
-        return self.store.describe(self.entry(name))
+    def describe(self, name: str, public: bool = False) -> dict[str, Any]:
+        """A model's details, as `mlx-serve show` prints them. `public`: for an HTTP client, which learns
+        no absolute path of this machine (the path is relative to the store, a folder source its name)."""
+        details = self.store.describe(self.entry(name))
+        if public:
+            path = Path(details["path"])
+            details["path"] = str(path.relative_to(self.store.root)) if path.is_relative_to(self.store.root) else None
+            if str(details.get("source", "")).startswith("/"):
+                details["source"] = f"folder:{Path(details['source']).name}"
+        return details
 
     def loaded(self) -> list[str]:
         return self.cache.loaded()
@@ -104,7 +112,7 @@ class Runtime:
         self, source: str, *, name: str | None = None, type: str | None = None, quantize: int | None = None
     ) -> Iterator[bytes]:
         """Pull into the store in a child process; its progress lines (pull_progress), as they come."""
-        return pull.pull_in_child(source, name=name, type=type, quantize=quantize)
+        return pull.pull_in_child(source, name=name, type=type, quantize=quantize, timeout=self.settings.pull_timeout)
 
     def delete(self, name: str) -> None:
         """Remove a stored model; if loaded, it is unloaded after its in-flight requests first."""

@@ -43,7 +43,8 @@ class Server(BaseApplication):
         options: dict[str, Any] = {
             "bind": [f"[{s.host}]:{s.port}" if ":" in s.host else f"{s.host}:{s.port}"],
             "workers": 1,
-            "worker_class": "gthread",
+            # gthread, reading each request in full before a thread takes it (see worker.py)
+            "worker_class": "mlx_serve.worker.Worker",
             "threads": s.threads,
             "graceful_timeout": s.graceful_timeout,
             # The worker's main loop heartbeats while requests run on threads; a longer timeout only
@@ -81,7 +82,11 @@ class Server(BaseApplication):
         if kernels.needs_warning:
             log.warning("slow_kernels", reason=kernels.reason, hint=jit.HINT)
         metrics = Metrics()
-        runtime = Runtime(self.settings, ModelStore(self.settings.models_dir, self.settings.model_aliases), metrics)
+        store = ModelStore(self.settings.models_dir, self.settings.model_aliases)
+        for leftover in store.clean_leftovers():  # what killed pulls left behind (none is running now)
+            log.info("pull_leftover_removed", path=str(leftover))
+        _warn_if_exposed(self.settings, log)
+        runtime = Runtime(self.settings, store, metrics)
         try:
             runtime.preload(self.settings.preload_models)
         except Exception as exc:
@@ -108,6 +113,22 @@ class Server(BaseApplication):
 
     def _on_exit(self, server: Any) -> None:
         lifecycle.remove_pid_file(self.home, self.settings.port, pid=os.getpid())
+
+
+def _warn_if_exposed(settings: Settings, log: Any) -> None:
+    """On a network-facing bind without a key, say exactly what anyone who can reach the port may do."""
+    if settings.loopback or settings.resolved_api_key() is not None:
+        return
+    log.warning(
+        "exposed_without_api_key",
+        host=settings.host,
+        port=settings.port,
+        exposed=(
+            "anyone who can reach this port can embed and rerank, pull models from the Hugging Face Hub or "
+            "from folders on this machine into the store (filling its disk), unload and delete models"
+        ),
+        hint="set api_key (or api_key_file), or bind 127.0.0.1",
+    )
 
 
 def serve(settings: Settings, home: Path | None = None) -> None:

@@ -31,11 +31,20 @@ class ServiceSettings(BaseModel):
     restart_delay: int = Field(ge=0)
 
 
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     host: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535)
+    api_key: str
+    api_key_file: Path | None
+    metrics_public: bool
+    allowed_origins: tuple[str, ...]
+    allowed_hosts: tuple[str, ...]
+    client_timeout: float = Field(gt=0, le=3600)
     models_dir: Path
     log_level: Literal["debug", "info", "warning", "error"]
     log_format: Literal["auto", "json", "console"]
@@ -54,6 +63,7 @@ class Settings(BaseModel):
     request_timeout: float = Field(gt=0)
     max_queued_requests: int = Field(ge=1)
     auto_truncate: bool
+    pull_timeout: float = Field(gt=0)
     model_instructions: dict[str, str]
     model_aliases: dict[str, str]
     service: ServiceSettings
@@ -68,13 +78,40 @@ class Settings(BaseModel):
     def _expand(cls, value: Any) -> Any:
         return Path(value).expanduser() if isinstance(value, str) and value else value
 
-    @field_validator("preload_models", mode="before")
+    @field_validator("preload_models", "allowed_origins", "allowed_hosts", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         # The environment gives a comma-separated string.
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @field_validator("api_key_file", mode="before")
+    @classmethod
+    def _key_file(cls, value: Any) -> Any:
+        if value in ("", None):
+            return None
+        path = Path(value).expanduser()
+        try:
+            key = path.read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read the API key file: {exc.strerror or exc}") from None
+        if not key:
+            raise ValueError("the API key file is empty")
+        return path
+
+    @property
+    def loopback(self) -> bool:
+        """Bound to this machine only."""
+        return self.host in LOOPBACK_HOSTS or self.host.startswith("127.")
+
+    def resolved_api_key(self) -> str | None:
+        """The key clients must send: `api_key`, else the contents of `api_key_file`, else none."""
+        if self.api_key:
+            return self.api_key
+        if self.api_key_file is not None:
+            return self.api_key_file.read_text().strip()
+        return None
 
 
 class SettingsError(Exception):

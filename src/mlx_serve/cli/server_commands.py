@@ -18,6 +18,8 @@ STATUS_EXIT = {"running": 0, "stale": 1, "stopped": 3}  # LSB init-script codes
 
 def cmd_config(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     values = effective_values(loaded.settings)
+    if values.get("api_key"):
+        values["api_key"] = "(set, not shown)"
     if args.json:
         print(
             json.dumps(

@@ -119,9 +119,12 @@ class Qwen3Reranker(Reranker):
         task = instruction or self.default_instruction
         seqs = []
         for i, doc in enumerate(documents):
-            middle = self.tokenizer.raw(f"<Instruct>: {task}\n<Query>: {query}\n<Document>: {doc}")
+            text = f"<Instruct>: {task}\n<Query>: {query}\n<Document>: {doc}"
+            cut = self.tokenizer.bounded(text)
+            middle = self.tokenizer.raw(cut)
             if len(middle) > room and not truncate:
-                raise too_long(i, len(middle) + len(self.prefix) + len(self.suffix), self.max_length)
+                count = len(middle) + len(self.prefix) + len(self.suffix)
+                raise too_long(i, count, self.max_length, at_least=cut is not text)
             seqs.append(Seq(self.prefix + middle[:room] + self.suffix))
         return seqs
 

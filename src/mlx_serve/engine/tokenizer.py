@@ -20,12 +20,20 @@ class InputError(ValueError):
         self.index = index
 
 
-def too_long(index: int, tokens: int, limit: int) -> InputError:
+def too_long(index: int, tokens: int, limit: int, at_least: bool = False) -> InputError:
+    count = f"more than {limit}" if at_least else str(tokens)
     return InputError(
         index,
-        f"input[{index}] has {tokens} tokens, over the model's maximum of {limit}; "
+        f"input[{index}] has {count} tokens, over the model's maximum of {limit}; "
         "shorten it or allow truncation (truncate: true)",
     )
+
+
+# A first cut of a long text, in characters per token of the model's maximum length: generous, since a
+# token may stand for many characters; a cut that proves too short is lengthened (see `bounded`), up to
+# the cap, past which no text is tokenized whatever it holds.
+CHARS_PER_TOKEN = 12
+MAX_CHARS_PER_TOKEN = 256
 
 
 class TextTokenizer:
@@ -56,6 +64,27 @@ class TextTokenizer:
                 return full[:start], full[start + len(content) :]
         return [], []
 
+    def bounded(self, text: str) -> str:
+        """A prefix of `text` that truncates to exactly what the whole text does, without tokenizing the
+        whole text: an 8 MB string then costs what its first few thousand characters cost.
+
+        The prefix is long enough when it holds more than `max_length` tokens and the word it cuts
+        through starts after them (words are tokenized on their own, so the tokens before it are the
+        whole text's). Otherwise it is lengthened fourfold, up to `MAX_CHARS_PER_TOKEN` characters per
+        token: only a text that averages more (a run of a million spaces, one giant word) is cut short."""
+        need = self.max_length
+        cut, cap = need * CHARS_PER_TOKEN, need * MAX_CHARS_PER_TOKEN
+        while cut < len(text):
+            if cut >= cap:
+                return text[:cap]
+            enc = self._full.encode(text[:cut], add_special_tokens=False)
+            words = enc.word_ids
+            last_kept, cut_word = (words[need - 1], words[-1]) if len(words) > need else (None, None)
+            if last_kept is not None and cut_word is not None and last_kept < cut_word:
+                return text[:cut]
+            cut = min(cut * 4, cap)
+        return text
+
     def token_id(self, token: str) -> int | None:
         return self._full.token_to_id(token)
 
@@ -67,12 +96,12 @@ class TextTokenizer:
         """One sequence per input, in order. Raises InputError for bad token ids, or (without truncation)
         for an input over the max length."""
         out: list[Seq | None] = [None] * len(inputs)
-        texts = [(i, x) for i, x in enumerate(inputs) if isinstance(x, str)]
+        texts = [(i, x, self.bounded(x)) for i, x in enumerate(inputs) if isinstance(x, str)]
         if texts:
             tok = self._cut if truncate else self._full
-            for (i, _), enc in zip(texts, tok.encode_batch([t for _, t in texts]), strict=True):
+            for (i, text, cut), enc in zip(texts, tok.encode_batch([c for _, _, c in texts]), strict=True):
                 if len(enc.ids) > self.max_length:
-                    raise too_long(i, len(enc.ids), self.max_length)
+                    raise too_long(i, len(enc.ids), self.max_length, at_least=cut is not text)
                 out[i] = Seq(enc.ids)
         room = self.max_length - len(self.prefix) - len(self.suffix)
         for i, x in enumerate(inputs):
@@ -91,9 +120,10 @@ class TextTokenizer:
     def encode_pairs(self, pairs: Sequence[tuple[str, str]], truncate: bool = True) -> list[Seq]:
         """Sentence pairs with segment ids, as cross-encoders take them ([CLS] a [SEP] b [SEP])."""
         tok = self._cut if truncate else self._full
+        cut = [(self.bounded(a), self.bounded(b)) for a, b in pairs]
         seqs = []
-        for i, enc in enumerate(tok.encode_batch(list(pairs))):
+        for i, (enc, whole, part) in enumerate(zip(tok.encode_batch(cut), pairs, cut, strict=True)):
             if len(enc.ids) > self.max_length:
-                raise too_long(i, len(enc.ids), self.max_length)
+                raise too_long(i, len(enc.ids), self.max_length, at_least=part != whole)
             seqs.append(Seq(enc.ids, enc.type_ids))
         return seqs

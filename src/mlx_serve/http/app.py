@@ -9,15 +9,18 @@ import falcon
 import numpy as np
 import orjson
 
-from mlx_serve.http import errors
+from mlx_serve import __version__
+from mlx_serve.http import errors, openapi
 from mlx_serve.http.middleware import RequestLog
 from mlx_serve.http.resources.cache import PsResource, UnloadResource
 from mlx_serve.http.resources.embeddings import EmbeddingsResource
 from mlx_serve.http.resources.health import HealthResource
 from mlx_serve.http.resources.metrics import MetricsResource
 from mlx_serve.http.resources.models import ModelsResource
+from mlx_serve.http.resources.openapi import OpenApiResource
 from mlx_serve.http.resources.rerank import RerankResource
 from mlx_serve.http.resources.store import DeleteResource, PullResource, ShowResource, TagsResource
+from mlx_serve.http.security import Guard
 from mlx_serve.metrics import Metrics
 from mlx_serve.runtime import Runtime
 from mlx_serve.settings import Settings
@@ -38,23 +41,37 @@ JSON_RESPONSES = falcon.media.JSONHandler(
 
 
 def create_app(settings: Settings, runtime: Runtime, metrics: Metrics) -> falcon.App:
-    app = falcon.App(middleware=[RequestLog(metrics)])
+    middleware: list[Any] = [RequestLog(metrics), Guard(settings)]
+    if settings.allowed_origins:
+        middleware.append(falcon.CORSMiddleware(allow_origins=list(settings.allowed_origins)))
+    app = falcon.App(middleware=middleware)
+    app.req_options.strip_url_path_trailing_slash = True  # /v1/embeddings/ is /v1/embeddings
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = JSON_RESPONSES
     errors.install(app)
     limit = settings.max_request_bytes
     embeddings = EmbeddingsResource(runtime, limit, settings.max_inputs_per_request)
-    app.add_route("/v1/embeddings", embeddings)
-    app.add_route("/embeddings", embeddings)
     rerank = RerankResource(runtime, limit, settings.max_inputs_per_request)
-    app.add_route("/v1/rerank", rerank)
-    app.add_route("/rerank", rerank)
-    app.add_route("/v1/models", ModelsResource(runtime))
-    app.add_route("/api/ps", PsResource(runtime))
-    app.add_route("/api/tags", TagsResource(runtime))
-    app.add_route("/api/show", ShowResource(runtime, limit))
-    app.add_route("/api/delete", DeleteResource(runtime, limit))
-    app.add_route("/api/pull", PullResource(runtime, limit))
-    app.add_route("/api/unload", UnloadResource(runtime, limit))
-    app.add_route("/health", HealthResource(runtime))
-    app.add_route("/metrics", MetricsResource(metrics))
+    document = openapi.document(
+        __version__, api_key=settings.resolved_api_key() is not None, metrics_public=settings.metrics_public
+    )
+    routes: dict[str, object] = {
+        "/v1/embeddings": embeddings,
+        "/embeddings": embeddings,
+        "/v1/rerank": rerank,
+        "/rerank": rerank,
+        "/v1/models": ModelsResource(runtime),
+        "/api/ps": PsResource(runtime),
+        "/api/tags": TagsResource(runtime),
+        "/api/show": ShowResource(runtime, limit),
+        "/api/delete": DeleteResource(runtime, limit),
+        "/api/pull": PullResource(runtime, limit),
+        "/api/unload": UnloadResource(runtime, limit),
+        "/health": HealthResource(runtime),
+        "/metrics": MetricsResource(metrics),
+        "/openapi.json": OpenApiResource(document),
+    }
+    for path, resource in routes.items():
+        if hasattr(resource, "on_get") and not hasattr(resource, "on_head"):
+            resource.on_head = resource.on_get  # type: ignore[attr-defined]  # HEAD on every GET route
+        app.add_route(path, resource)
     return app

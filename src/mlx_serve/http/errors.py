@@ -16,6 +16,7 @@ from mlx_serve.store import InvalidNameError
 _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
+    403: "permission_error",
     404: "invalid_request_error",
     405: "invalid_request_error",
     413: "invalid_request_error",
@@ -32,6 +33,7 @@ class ApiError(Exception):
         self.message = message
         self.code = code
         self.param = param
+        self.headers: dict[str, str] = {}
         self.error_type = error_type or _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
 
     def body(self) -> dict[str, Any]:
@@ -42,9 +44,9 @@ def bad_request(message: str, code: str = "invalid_request", param: str | None =
     return ApiError(400, message, code, param)
 
 
-def model_not_found(name: str) -> ApiError:
+def model_not_found(name: str, param: str = "model") -> ApiError:
     return ApiError(
-        404, f"The model {name!r} does not exist. `GET /v1/models` lists the models.", "model_not_found", "model"
+        404, f"The model {name!r} does not exist. `GET /v1/models` lists the models.", "model_not_found", param
     )
 
 
@@ -53,12 +55,12 @@ def overloaded(message: str) -> ApiError:
 
 
 @contextmanager
-def runtime_errors(model: str, inputs_param: str | None = None) -> Iterator[None]:
+def runtime_errors(model: str, inputs_param: str | None = None, not_found_param: str = "model") -> Iterator[None]:
     """The runtime's exceptions as API errors; `inputs_param` names the field inputs came in."""
     try:
         yield
     except (ModelNotFound, InvalidNameError):
-        raise model_not_found(model) from None
+        raise model_not_found(model, not_found_param) from None
     except InputError as exc:
         param = inputs_param or "input"
         raise bad_request(str(exc).replace("input[", f"{param}["), "invalid_input", param) from None
@@ -71,6 +73,8 @@ def runtime_errors(model: str, inputs_param: str | None = None) -> Iterator[None
 def _send(resp: falcon.Response, error: ApiError) -> None:
     resp.status = error.status
     resp.media = error.body()
+    for name, value in error.headers.items():
+        resp.set_header(name, value)
 
 
 def handle_api_error(req: falcon.Request, resp: falcon.Response, ex: ApiError, params: dict) -> None:

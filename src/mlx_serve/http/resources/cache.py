@@ -37,7 +37,7 @@ class UnloadResource:
         self.max_request_bytes = max_request_bytes
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        name = parse_name_request(read_json_object(req, self.max_request_bytes)).name
+        name = parse_name_request(read_json_object(req, self.max_request_bytes))
         req.context.model = name
         with runtime_errors(name):
             unloading = self.runtime.unload(name)

@@ -37,7 +37,7 @@ class EmbeddingsResource:
         resp.media = {
             "object": "list",
             "data": [
-                {"object": "embedding", "index": i, "embedding": encode(v, request.encoding_format)}
+                {"object": "embedding", "index": i, "embedding": encode(v, request.encoding_format or "float")}
                 for i, v in enumerate(result.embeddings.vectors)
             ],
             "model": result.model,

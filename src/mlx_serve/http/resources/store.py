@@ -8,7 +8,7 @@ from mlx_serve import pull_progress
 from mlx_serve.http.body import read_json_object
 from mlx_serve.http.errors import bad_request, runtime_errors
 from mlx_serve.http.resources import iso_utc
-from mlx_serve.http.schemas import parse_name_request
+from mlx_serve.http.schemas import parse_name_request, parse_pull_request
 from mlx_serve.runtime import Runtime
 from mlx_serve.store import StoreError
 
@@ -42,9 +42,9 @@ class ShowResource:
         self.max_request_bytes = max_request_bytes
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        name = parse_name_request(read_json_object(req, self.max_request_bytes)).name
-        with runtime_errors(name):
-            resp.media = self.runtime.describe(name)
+        name = parse_name_request(read_json_object(req, self.max_request_bytes))
+        with runtime_errors(name, not_found_param="name"):
+            resp.media = self.runtime.describe(name, public=True)
 
 
 class DeleteResource:
@@ -53,7 +53,7 @@ class DeleteResource:
         self.max_request_bytes = max_request_bytes
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response) -> None:
-        name = parse_name_request(read_json_object(req, self.max_request_bytes)).name
+        name = parse_name_request(read_json_object(req, self.max_request_bytes))
         req.context.model = name
         with runtime_errors(name):
             try:
@@ -72,16 +72,10 @@ class PullResource:
         self.max_request_bytes = max_request_bytes
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = read_json_object(req, self.max_request_bytes)
-        source = parse_name_request(body).name
-        req.context.model = source
-        lines = self.runtime.pull(
-            source,
-            name=body["as"] if isinstance(body.get("as"), str) else None,
-            type=None if body.get("type") is None else str(body["type"]),
-            quantize=body.get("quantize"),
-        )
-        if body.get("stream", True) is False:
+        request = parse_pull_request(read_json_object(req, self.max_request_bytes))
+        req.context.model = request.source
+        lines = self.runtime.pull(request.source, name=request.as_, type=request.type, quantize=request.quantize)
+        if not request.stream:
             last = list(lines)[-1]
             if (error := pull_progress.error_of(last)) is not None:
                 raise bad_request(error, "pull_failed", "model")
