@@ -110,18 +110,34 @@ def run_cli(home: Path, *args: str, env: dict[str, str] | None = None, timeout: 
 # -- a real server process ------------------------------------------------------------------------
 @dataclass
 class ServerProcess:
-    """`mlx-serve start --foreground` (the installed console script) with its output captured."""
+    """`mlx-serve start --foreground` (the installed console script), its output in a file (a pipe nobody
+    reads would fill up and block the server's logging)."""
 
     proc: subprocess.Popen
     url: str
     port: int
     home: Path
+    log: Path
+
+    @classmethod
+    def start(cls, home: Path, args: list[str], env: dict[str, str] | None = None) -> ServerProcess:
+        port = free_port()
+        log = home / f"server-{port}.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                [str(Path(sys.executable).with_name("mlx-serve")), "start", "--foreground", "--port", str(port), *args],
+                env=clean_env(home, {"MLX_SERVE_LOG_FORMAT": "json", **(env or {})}),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        return cls(proc, f"http://127.0.0.1:{port}", port, home, log)
 
     def wait_healthy(self, timeout: float = 60) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}: {self.proc.stderr.read()}")
+                raise AssertionError(f"server exited with {self.proc.returncode}: {self.log.read_text()}")
             try:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=1) as resp:
                     return json.load(resp)
@@ -136,7 +152,7 @@ class ServerProcess:
 
     def logs(self) -> list[dict]:
         """The JSON log lines, once the process has ended."""
-        return [json.loads(line) for line in self.proc.stderr.read().splitlines() if line.startswith("{")]
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")]
 
 
 @pytest.fixture
@@ -145,15 +161,7 @@ def start_server(home: Path) -> Iterator[Callable[..., ServerProcess]]:
     started: list[ServerProcess] = []
 
     def start(*args: str, env: dict[str, str] | None = None, wait: bool = True) -> ServerProcess:
-        port = free_port()
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("mlx-serve")), "start", "--foreground", "--port", str(port), *args],
-            env=clean_env(home, {"MLX_SERVE_LOG_FORMAT": "json", **(env or {})}),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        server = ServerProcess(proc, f"http://127.0.0.1:{port}", port, home)
+        server = ServerProcess.start(home, list(args), env)
         started.append(server)
         if wait:
             server.wait_healthy()
@@ -174,27 +182,48 @@ class App:
     settings: Settings
 
 
+def build_app(
+    monkeypatch: pytest.MonkeyPatch, models: dict[str, Path] | None = None, cli: dict | None = None, **env: str
+) -> App:
+    """An app whose settings take these values (as MLX_SERVE_* environment variables) and whose store
+    holds these models. Close its runtime when done."""
+    for key, value in env.items():
+        monkeypatch.setenv(f"MLX_SERVE_{key.upper()}", value)
+    settings = load_settings(cli=cli).settings
+    store = ModelStore(settings.models_dir, settings.model_aliases)
+    for name, path in (models or {}).items():
+        if store.get(name) is None:
+            store.import_dir(path, name)  # the type is detected from the files
+    runtime = Runtime(settings, store, Metrics())
+    # A client on this machine, as the Host check expects one (Falcon's default Host is falconframework.org).
+    client = testing.TestClient(create_app(settings, runtime, runtime.metrics), headers={"Host": "localhost:8000"})
+    return App(client, runtime, settings)
+
+
 @pytest.fixture
 def make_app(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., App]]:
-    """make_app(models={name: folder}, cli=None, **settings) -> an app whose settings take these values
-    (as MLX_SERVE_* environment variables) and whose store holds these models."""
+    """make_app(models={name: folder}, cli=None, **settings) -> an app (see build_app)."""
     apps: list[App] = []
 
     def make(models: dict[str, Path] | None = None, cli: dict | None = None, **env: str) -> App:
-        for key, value in env.items():
-            monkeypatch.setenv(f"MLX_SERVE_{key.upper()}", value)
-        settings = load_settings(cli=cli).settings
-        store = ModelStore(settings.models_dir, settings.model_aliases)
-        for name, path in (models or {}).items():
-            if store.get(name) is None:
-                store.import_dir(path, name)  # the type is detected from the files
-        runtime = Runtime(settings, store, Metrics())
-        apps.append(App(testing.TestClient(create_app(settings, runtime, runtime.metrics)), runtime, settings))
+        apps.append(build_app(monkeypatch, models, cli, **env))
         return apps[-1]
 
     yield make
     for app in apps:
         app.runtime.close()
+
+
+@pytest.fixture(scope="module")
+def module_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A clean home for a whole module (as `home` is for one test)."""
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(home))
+        for key in list(os.environ):
+            if key.startswith("MLX_SERVE_") and key != "MLX_SERVE_BLAS":
+                mp.delenv(key)
+        yield home
 
 
 def metric(client: testing.TestClient, name: str) -> float | None:

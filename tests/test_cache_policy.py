@@ -341,3 +341,28 @@ def test_wait_unloaded_returns_once_the_model_is_gone() -> None:
     h.tick()
     waiter.join(5)
     assert done.is_set()
+
+
+def test_the_reaper_thread_survives_absurd_keep_alives() -> None:
+    """keep_alive of 1e300 once raised OverflowError in the reaper (it died: no unload ever again), and
+    NaN made it spin. The API refuses both now; the cache copes with them anyway."""
+    cache = ModelCache(
+        {"embedding": 3},
+        0.05,
+        Metrics(),
+        load=FakeModel,  # type: ignore[arg-type]
+        release=lambda: None,
+        run_control=lambda fn: fn(),
+    )
+    cache.start()
+    try:
+        for e, keep_alive in ((A, 1e300), (B, float("nan")), (C, None)):
+            with cache.lease(e, keep_alive) as slot:
+                cache.load(slot)
+        deadline = time.monotonic() + 5
+        while "c" in cache.loaded() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert cache.loaded() == ["a", "b"]  # c expired on time; a and b wait for their (far) deadlines
+        assert cache._reaper is not None and cache._reaper.is_alive()
+    finally:
+        cache.close()

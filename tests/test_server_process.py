@@ -54,7 +54,7 @@ def test_openai_client_end_to_end_then_sigterm(server: ServerProcess) -> None:
 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
-    logs = [json.loads(line) for line in proc.stderr.read().splitlines() if line.startswith("{")]
+    logs = server.logs()
     requests = [entry for entry in logs if entry.get("event") == "request" and entry["path"] == "/v1/embeddings"]
     assert requests, "one JSON log line per request"
     first = requests[0]
