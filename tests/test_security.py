@@ -114,3 +114,11 @@ def test_show_reveals_no_absolute_path(make_app, minilm_dir: Path, tmp_path: Pat
 def test_config_never_prints_the_key(home: Path) -> None:
     out = run_cli(home, "config", env={"MLX_SERVE_API_KEY": "hunter2"})
     assert out.returncode == 0 and "hunter2" not in out.stdout and "(set, not shown)" in out.stdout
+
+
+@pytest.mark.process
+def test_a_network_bind_without_a_key_warns_what_is_exposed(start_server) -> None:
+    server = start_server("--host", "0.0.0.0")
+    assert server.stop() == 0
+    (warning,) = [line for line in server.logs() if line["event"] == "exposed_without_api_key"]
+    assert "pull models" in warning["exposed"] and warning["level"] == "warning"
