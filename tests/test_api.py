@@ -174,13 +174,25 @@ def test_models_lists_the_packaged_default(client) -> None:
     assert model["object"] == "model" and model["type"] == "embedding"
 
 
-def test_health_reports_version_and_loaded_models(client) -> None:
+def test_health_reports_version_loaded_models_and_memory(client) -> None:
     from mlx_serve import __version__
 
     before = client.simulate_get("/health").json
-    assert before == {"status": "ok", "version": __version__, "models_loaded": []}
+    assert before["status"] == "ok" and before["version"] == __version__ and before["models_loaded"] == []
     embed(client, input="load it")
-    assert client.simulate_get("/health").json["models_loaded"] == [MINILM]
+    after = client.simulate_get("/health").json
+    assert after["models_loaded"] == [MINILM]
+    # all-MiniLM-L6-v2's float32 weights (87 MiB) are in MLX's active memory now
+    assert after["memory"]["active_bytes"] - before["memory"]["active_bytes"] > 80 * 2**20
+    assert after["memory"]["peak_bytes"] >= after["memory"]["active_bytes"]
+
+
+def test_metrics_show_mlx_memory(client) -> None:
+    embed(client, input="load it")
+    text = client.simulate_get("/metrics").text
+    active = next(line for line in text.splitlines() if line.startswith('mlx_serve_mlx_memory_bytes{kind="active"}'))
+    assert float(active.split()[-1]) > 80 * 2**20
+    assert "mlx_serve_resident_memory_bytes" in text
 
 
 def test_metrics_count_requests_latency_and_tokens(client) -> None:

@@ -3,7 +3,6 @@ app with tiny models imported into a real store."""
 
 from __future__ import annotations
 
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from mlx_serve.engine.loader import QWEN3_QUERY_TEMPLATE
 from mlx_serve.engine.reranker import DEFAULT_INSTRUCTION
 
 from . import tiny_models
-from .conftest import MINILM, hold_inference_thread
+from .conftest import MINILM, hold_inference_thread, wait_for
 
 DOCS = [
     "The capital of China is Beijing.",
@@ -223,12 +222,11 @@ def test_truncation_off_is_a_400_naming_the_input(api, make) -> None:
 def test_full_queue_is_a_503_and_others_still_succeed(make) -> None:
     app = make(max_queued_requests="2")
     client, runtime = app.client, app.runtime
+    assert embed(client, input="load the model").status_code == 200
     release = hold_inference_thread(runtime)
     with ThreadPoolExecutor(2) as pool:
         queued = [pool.submit(embed, client, input=f"text {i}") for i in range(2)]
-        deadline = threading.Event()
-        while runtime.scheduler.queued()[0] < 2 and not deadline.wait(0.01):
-            pass
+        wait_for(lambda: runtime.scheduler.queued()[0] == 2)
         refused = embed(client, input="one too many")
         assert refused.status_code == 503 and refused.json["error"]["code"] == "overloaded"
         release.set()
@@ -263,8 +261,7 @@ def test_concurrent_requests_of_mixed_models_and_lengths_get_their_own_answers(a
     release = hold_inference_thread(runtime)  # everything below queues, then runs merged
     with ThreadPoolExecutor(len(jobs)) as pool:
         futures = [pool.submit(client.simulate_post, path, json=body) for path, body in jobs]
-        while runtime.scheduler.queued()[0] < len(jobs):
-            threading.Event().wait(0.01)
+        wait_for(lambda: runtime.scheduler.queued()[0] == len(jobs))
         release.set()
         together = [f.result().json for f in futures]
 

@@ -63,8 +63,8 @@ def test_regression_a_model_pulled_under_a_loaded_name_mid_request(make, model_d
         before = pool.submit(embed, app, MINILM)  # leases the built-in MiniLM, queued behind the hold
         wait_for(lambda: app.runtime.scheduler.queued()[0] == 1)
         app.runtime.store.import_dir(model_dirs["emb-a"], MINILM)  # the name now means a Qwen3 model
-        after = pool.submit(embed, app, MINILM)
-        wait_for(lambda: app.runtime.scheduler.queued()[0] == 2)
+        after = pool.submit(embed, app, MINILM)  # a new slot: its load waits as a control job
+        wait_for(lambda: sum(app.runtime.scheduler.queued()) == 2)
         release.set()
         assert (before.result(), after.result()) == (200, 200)
     assert embed(app, MINILM) == 200
@@ -140,7 +140,7 @@ def test_metrics_after_a_scripted_sequence(make) -> None:
 def test_unload_and_ps_endpoints(make) -> None:
     app = make(cache_ttl_seconds="600")
     client = app.client
-    assert client.simulate_get("/api/ps").json == {"models": []}
+    assert client.simulate_get("/api/ps").json["models"] == []
     embed(app, "emb-a")
     (model,) = client.simulate_get("/api/ps").json["models"]
     assert model["name"] == "emb-a" and model["type"] == "embedding" and model["in_flight"] == 0

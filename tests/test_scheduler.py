@@ -9,24 +9,29 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
+from mlx_serve.engine.batching import OutOfMemory
 from mlx_serve.metrics import Metrics
-from mlx_serve.scheduler import Job, QueueFull, Scheduler
+from mlx_serve.scheduler import InputsTooLarge, Job, QueueFull, Scheduler
 
 
 class Doubler:
-    """A 'model' whose rows are twice each sequence's length."""
+    """A 'model' whose rows are twice each sequence's length; it notes each batch it runs."""
+
+    def __init__(self, log: list | None = None) -> None:
+        self.log = log
 
     def run(self, seqs: Sequence, max_batch_tokens: int) -> np.ndarray:
+        if self.log is not None:
+            self.log.append(("batch", list(seqs)))
         return np.array([[2.0 * len(s)] for s in seqs])
 
 
 def job(texts: list[str], group: object = "m", log: list | None = None) -> Job:
-    def finish(model: object, rows: np.ndarray) -> list[float]:
-        if log is not None:
-            log.append(("batch", texts))
-        return rows[:, 0].tolist()
+    return Job("m", group, Doubler(log), list(texts))
 
-    return Job("m", group, load=Doubler, prepare=lambda _m: list(texts), finish=finish)
+
+def rows(future) -> list[float]:
+    return future.result(5)[:, 0].tolist()
 
 
 @pytest.fixture
@@ -51,7 +56,7 @@ def test_regression_control_jobs_never_count_against_the_request_limit(scheduler
         scheduler.submit(job(["c"]))  # the request limit (1) itself still holds
     assert scheduler.queued() == (1, 50)
     release.set()
-    assert queued.result(5) == [4.0]
+    assert rows(queued) == [4.0]
     assert [u.result(5) for u in unloads] == ["unloaded"] * 50
 
 
@@ -64,9 +69,10 @@ def test_control_jobs_run_before_the_next_batch_and_same_group_jobs_merge(schedu
     other = scheduler.submit(job(["zzz"], group="other", log=order))
     control = scheduler.control(lambda: order.append("control"))
     release.set()
-    assert (first.result(5), second.result(5), other.result(5)) == ([2.0], [4.0, 2.0], [6.0])
+    assert (rows(first), rows(second), rows(other)) == ([2.0], [4.0, 2.0], [6.0])
     control.result(5)
-    assert order == ["control", ("batch", ["a"]), ("batch", ["bb", "c"]), ("batch", ["zzz"])]
+    # the control job first; then the two jobs of one group merged into one batch, then the other group
+    assert order == ["control", ("batch", ["a", "bb", "c"]), ("batch", ["zzz"])]
 
 
 def test_a_failing_control_job_fails_only_itself(scheduler) -> None:
@@ -75,4 +81,28 @@ def test_a_failing_control_job_fails_only_itself(scheduler) -> None:
 
     with pytest.raises(RuntimeError, match="boom"):
         scheduler.control(boom).result(5)
-    assert scheduler.submit(job(["ok"])).result(5) == [4.0]
+    assert rows(scheduler.submit(job(["ok"]))) == [4.0]
+
+
+class Tight:
+    """A 'model' whose device holds at most 3 characters of input at once, as a GPU holds so many tokens."""
+
+    def run(self, seqs: Sequence, max_batch_tokens: int) -> np.ndarray:
+        out = np.array([[float(len(s))] for s in seqs])
+        failed = {i for i, s in enumerate(seqs) if len(s) > 3}
+        if failed:
+            raise OutOfMemory(failed, out)
+        return out
+
+
+def test_an_input_too_large_for_the_device_fails_its_own_request_only(scheduler) -> None:
+    scheduler.max_queued = 10
+    release = hold(scheduler)
+    tight = Tight()
+    fine = scheduler.submit(Job("m", tight, tight, ["ab", "c"]))
+    huge = scheduler.submit(Job("m", tight, tight, ["ok", "far too long"]))
+    release.set()
+    assert rows(fine) == [2.0, 1.0]
+    with pytest.raises(InputsTooLarge) as error:
+        huge.result(5)
+    assert error.value.indices == [1]

@@ -54,7 +54,11 @@ def test_openai_client_end_to_end_then_sigterm(server: ServerProcess) -> None:
 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
+    # The worker exits cleanly too: no C++ abort at exit, no SIGABRT reported by the master.
+    text = server.log.read_text()
+    assert "terminate called" not in text and "was sent" not in text and "exited with code" not in text
     logs = server.logs()
+    assert [e["code"] for e in logs if e["event"] == "worker_exit"] == [0]
     requests = [entry for entry in logs if entry.get("event") == "request" and entry["path"] == "/v1/embeddings"]
     assert requests, "one JSON log line per request"
     first = requests[0]
@@ -83,3 +87,4 @@ def test_sigint_stops_cleanly_and_removes_the_pid_file(server: ServerProcess, ho
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=30) == 0
     assert not pid_path.exists()
+    assert "terminate called" not in server.log.read_text()

@@ -210,6 +210,14 @@ class ModelCache:
     def loaded(self) -> list[str]:
         return sorted({m.name for m in self.snapshot()})
 
+    def ready(self, slot: Slot) -> CachedModel | None:
+        """The model of a leased slot if it is loaded (a cache hit), else None: load it on the inference
+        thread then. A leased model cannot be unloaded, so the answer stays true for the lease."""
+        with self._cond:
+            if slot.model is not None:
+                self.metrics.cache_hits.labels(slot.type).inc()
+            return slot.model
+
     # -- the inference thread ----------------------------------------------------------------
     def load(self, slot: Slot) -> CachedModel:
         """The model of a leased slot, loading it (and making room) on a miss."""

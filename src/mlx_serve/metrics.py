@@ -5,6 +5,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from mlx_serve.memory import MemoryCollector
+
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -68,6 +70,8 @@ class Metrics:
         self.model_memory_bytes = Gauge(
             "mlx_serve_model_memory_bytes", "Memory of each loaded model's weights", ["model"], registry=r
         )
+        self.memory = MemoryCollector()  # read at scrape time; the server gives it the limits it set
+        r.register(self.memory)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

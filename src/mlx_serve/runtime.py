@@ -7,6 +7,7 @@ request thread waits on its future with a deadline. Loaded models live in the ca
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -17,13 +18,13 @@ from typing import Any, Literal
 import mlx.core as mx
 import numpy as np
 
-from mlx_serve import pull
+from mlx_serve import memory, pull
 from mlx_serve.cache import LoadedModel, ModelCache
 from mlx_serve.engine import Embedder, Embeddings, InputError, Reranker, Seq, load_model, truncate_dimensions
 from mlx_serve.engine.reranker import EmbeddingRanker
 from mlx_serve.logs import get_logger
 from mlx_serve.metrics import Metrics
-from mlx_serve.scheduler import Job, QueueFull, Scheduler
+from mlx_serve.scheduler import InputsTooLarge, Job, QueueFull, Scheduler
 from mlx_serve.settings import Settings
 from mlx_serve.store import ModelEntry, ModelStore
 
@@ -51,6 +52,18 @@ class Overloaded(RuntimeError):
     """The request could not be served in time, or the queue is full."""
 
 
+class TooLarge(RuntimeError):
+    """Inputs that do not fit in the device's memory even alone (their indices in the request's own
+    sequences); the rest of the batch they came in was served."""
+
+    def __init__(self, indices: list[int]) -> None:
+        super().__init__(
+            f"input {indices[0]} does not fit in the device's memory, even alone; shorten it "
+            "(or lower max_batch_tokens if this happens with other requests too)"
+        )
+        self.indices = indices
+
+
 @dataclass(frozen=True)
 class EmbedResult:
     model: str
@@ -69,7 +82,9 @@ class Runtime:
         self.settings = settings
         self.store = store
         self.metrics = metrics
-        self.scheduler = Scheduler(settings.max_batch_tokens, settings.max_queued_requests, metrics)
+        self.scheduler = Scheduler(
+            settings.max_batch_tokens, settings.max_queued_requests, metrics, on_idle=memory.release_cache
+        )
         self.cache = ModelCache(
             {"embedding": settings.cache_max_embedding_models, "reranker": settings.cache_max_reranker_models},
             settings.cache_ttl_seconds,
@@ -108,6 +123,10 @@ class Runtime:
     def ps(self) -> list[LoadedModel]:
         return self.cache.snapshot()
 
+    def memory_usage(self) -> memory.Usage:
+        """What MLX holds now: in arrays, in its buffer cache, and at most so far."""
+        return memory.usage()
+
     def pull(
         self, source: str, *, name: str | None = None, type: str | None = None, quantize: int | None = None
     ) -> Iterator[bytes]:
@@ -131,9 +150,10 @@ class Runtime:
         instruction = self.settings.model_instructions.get(entry.name)
         return load_model(entry.name, entry.path, type=entry.type, dtype=self.settings.dtype, instruction=instruction)
 
-    def _wait(self, future: Future) -> Any:
+    # -- request threads --------------------------------------------------------------------------
+    def _wait(self, future: Future, deadline: float) -> Any:
         try:
-            return future.result(timeout=self.settings.request_timeout)
+            return future.result(timeout=max(0.0, deadline - time.monotonic()))
         except FutureTimeout:
             future.cancel()  # if it has not started, it never will
             raise Overloaded(f"no result within {self.settings.request_timeout:g} s") from None
@@ -145,21 +165,27 @@ class Runtime:
         finish: Callable[[Any, np.ndarray], Any],
         keep_alive: float | None,
     ) -> Any:
-        def guarded(model: Any) -> list[Seq]:
+        """Lease the model (loading it on the inference thread if needed), tokenize here, run the sequences
+        on the inference thread, and turn the rows into the answer here."""
+        deadline = time.monotonic() + self.settings.request_timeout
+        # The lease holds the model from lookup to response: nothing unloads it under this request.
+        with self.cache.lease(entry, keep_alive) as slot:
+            model = self.cache.ready(slot)
+            if model is None:
+                model = self._wait(self.scheduler.control(lambda: self.cache.load(slot)), deadline)
             try:
-                return prepare(model)
+                seqs = prepare(model)
             except (InputError, InvalidRequest):
                 raise
             except ValueError as exc:  # e.g. an instruction for a model that takes none
                 raise InvalidRequest(str(exc), "instruction") from None
-
-        # The lease holds the model from lookup to response: nothing unloads it under this request.
-        with self.cache.lease(entry, keep_alive) as slot:
-            job = Job(entry.name, slot, load=lambda: self.cache.load(slot), prepare=guarded, finish=finish)
             try:
-                return self._wait(self.scheduler.submit(job))
+                rows = self._wait(self.scheduler.submit(Job(entry.name, slot, model, seqs)), deadline)
             except QueueFull as exc:
                 raise Overloaded(str(exc)) from None
+            except InputsTooLarge as exc:
+                raise TooLarge(exc.indices) from None
+        return finish(model, rows)
 
     # -- the API ---------------------------------------------------------------------------------
     def embed(
@@ -241,7 +267,8 @@ class Runtime:
                 if self.settings.preload_pinned:
                     self.cache.pin(entry.name)
                 with self.cache.lease(entry) as slot:  # idle from the moment it is loaded: the TTL runs from then
-                    self._wait(self.scheduler.control(lambda s=slot: self.cache.load(s)))
+                    deadline = time.monotonic() + self.settings.request_timeout
+                    self._wait(self.scheduler.control(lambda s=slot: self.cache.load(s)), deadline)
             except ModelNotFound:
                 raise PreloadError(f"cannot preload model {name!r}: no such model") from None
             except Exception as exc:

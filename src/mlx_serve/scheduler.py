@@ -1,9 +1,11 @@
 """Dynamic batching: one inference thread owns all MLX work and merges concurrent requests.
 
-Request threads submit jobs and wait on futures. The inference thread takes the oldest job, gathers every
-other queued job for the same loaded model, runs all their sequences together (sorted by length and split
-by the token budget inside the engine), and hands each job its own rows. Many clients at once cost little
-more than one; a large request may span several batches.
+Request threads tokenize their inputs themselves (the Rust tokenizer releases the GIL, so they do it in
+parallel), submit a job of token sequences and wait on its future. The inference thread takes the oldest
+job, gathers every other queued job for the same loaded model, runs all their sequences together (sorted
+by length and split by the token budget inside the engine), and hands each job its own rows, which the
+request thread turns into its answer. So the inference thread does little but keep the device busy;
+many clients at once cost little more than one; a large request may span several batches.
 
 Control jobs (loading, unloading, preloading models) are a queue of their own: they run before the next
 batch and never count against the request queue's limit, so housekeeping can never turn requests away.
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from mlx_serve.engine.batching import OutOfMemory
 from mlx_serve.logs import get_logger
 from mlx_serve.metrics import Metrics
 
@@ -34,6 +37,14 @@ class QueueFull(RuntimeError):
     pass
 
 
+class InputsTooLarge(RuntimeError):
+    """Some of a job's sequences did not fit in device memory even alone; `indices` are the job's own."""
+
+    def __init__(self, indices: list[int]) -> None:
+        super().__init__(f"input {indices[0]} does not fit in the device's memory, even alone")
+        self.indices = indices
+
+
 class BatchModel(Protocol):
     """What the inference thread needs of a loaded model: token sequences in, one row each out."""
 
@@ -42,13 +53,13 @@ class BatchModel(Protocol):
 
 @dataclass(eq=False)
 class Job:
-    """One request's work. Jobs of the same `group` (one loaded model) are merged into batches."""
+    """One request's token sequences. Jobs of the same `group` (one loaded model) are merged into batches;
+    the future's result is the job's rows, in order."""
 
     model: str  # the model's name, for metrics and logs
     group: Hashable
-    load: Callable[[], BatchModel]  # the loaded model (a cache hit, or a load on this thread)
-    prepare: Callable[[Any], list[Seq]]  # tokenise: may raise a request error for this job alone
-    finish: Callable[[Any, np.ndarray], Any]  # rows of this job -> the job's result
+    runner: BatchModel
+    seqs: list[Seq]
     future: Future = field(default_factory=Future)
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -62,10 +73,22 @@ class ControlJob:
 
 
 class Scheduler:
-    def __init__(self, max_batch_tokens: int, max_queued: int, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        max_batch_tokens: int,
+        max_queued: int,
+        metrics: Metrics,
+        on_idle: Callable[[], None] | None = None,
+        idle_after: float = 2.0,
+    ) -> None:
         self.max_batch_tokens = max_batch_tokens
         self.max_queued = max_queued
         self.metrics = metrics
+        # Run once on this thread when no batch has come for `idle_after` seconds since the last one
+        # (the runtime gives MLX's buffer cache back there).
+        self.on_idle = on_idle
+        self.idle_after = idle_after
+        self._ran_since_idle = False
         self._requests: deque[Job] = deque()
         self._control: deque[ControlJob] = deque()
         self._cond = threading.Condition()
@@ -101,7 +124,12 @@ class Scheduler:
     def _take(self) -> ControlJob | list[Job] | None:
         with self._cond:
             while not self._requests and not self._control and not self._closing:
-                self._cond.wait()
+                if self._ran_since_idle and self.on_idle is not None:
+                    if not self._cond.wait(self.idle_after):
+                        self._ran_since_idle = False
+                        return ControlJob(self.on_idle)
+                else:
+                    self._cond.wait()
             if self._control:
                 return self._control.popleft()
             if not self._requests:
@@ -110,19 +138,29 @@ class Scheduler:
             same = [j for j in self._requests if j.group is first.group]
             for job in same:
                 self._requests.remove(job)
+            self._ran_since_idle = True
             return [first, *same]
 
     def _loop(self) -> None:
-        while (work := self._take()) is not None:
-            try:
-                if isinstance(work, ControlJob):
-                    self._run_control(work)
-                else:
-                    live = [j for j in work if j.future.set_running_or_notify_cancel()]  # skip the timed-out
-                    if live:
-                        self._run(live)
-            except Exception:  # never reached by design; the thread that owns MLX must not die of a bug
-                log.exception("inference_thread_error")
+        while self._step():
+            pass
+
+    def _step(self) -> bool:
+        """Take and run one piece of work; False once closed. (A method of its own, so that nothing of the
+        last job, such as an unloaded model, stays referenced while the thread waits for the next.)"""
+        work = self._take()
+        if work is None:
+            return False
+        try:
+            if isinstance(work, ControlJob):
+                self._run_control(work)
+            else:
+                live = [j for j in work if j.future.set_running_or_notify_cancel()]  # skip the timed-out
+                if live:
+                    self._run(live)
+        except Exception:  # never reached by design; the thread that owns MLX must not die of a bug
+            log.exception("inference_thread_error")
+        return True
 
     @staticmethod
     def _run_control(job: ControlJob) -> None:
@@ -137,38 +175,30 @@ class Scheduler:
         started = time.perf_counter()
         for job in jobs:
             self.metrics.queue_wait.observe(started - job.enqueued)
+        seqs = [s for job in jobs for s in job.seqs]
+        failed: set[int] = set()
         try:
-            model = jobs[0].load()
+            rows = jobs[0].runner.run(seqs, self.max_batch_tokens)
+        except OutOfMemory as exc:  # every other sequence has its row: only their jobs fail
+            rows, failed = exc.rows, exc.failed
+            log.warning("out_of_memory", model=jobs[0].model, inputs=len(failed), batch=len(seqs))
         except Exception as exc:
+            log.exception("inference_failed", model=jobs[0].model)
             for job in jobs:
                 job.future.set_exception(exc)
             return
-        prepared: list[tuple[Job, list[Seq]]] = []
-        for job in jobs:
-            try:
-                prepared.append((job, job.prepare(model)))
-            except Exception as exc:  # one client's bad input fails that client only
-                job.future.set_exception(exc)
-        seqs = [s for _, job_seqs in prepared for s in job_seqs]
-        try:
-            rows = model.run(seqs, self.max_batch_tokens) if seqs else np.empty((0,))
-        except Exception as exc:
-            log.exception("inference_failed", model=jobs[0].model)
-            for job, _ in prepared:
-                job.future.set_exception(exc)
-            return
-        if seqs:
-            self.metrics.batch_size.observe(len(seqs))
-            self.metrics.batch_requests.observe(len(prepared))
-            self.metrics.inference_seconds.labels(jobs[0].model).observe(time.perf_counter() - started)
+        self.metrics.batch_size.observe(len(seqs))
+        self.metrics.batch_requests.observe(len(jobs))
+        self.metrics.inference_seconds.labels(jobs[0].model).observe(time.perf_counter() - started)
         offset = 0
-        for job, job_seqs in prepared:
-            part = rows[offset : offset + len(job_seqs)]
-            offset += len(job_seqs)
-            try:
-                job.future.set_result(job.finish(model, part))
-            except Exception as exc:
-                job.future.set_exception(exc)
+        for job in jobs:
+            span = range(offset, offset + len(job.seqs))
+            offset += len(job.seqs)
+            lost = [i - span.start for i in span if i in failed]
+            if lost:
+                job.future.set_exception(InputsTooLarge(lost))
+            else:
+                job.future.set_result(rows[span.start : span.stop])
 
     def close(self) -> None:
         """Finish what is queued and running, then stop the thread."""

@@ -7,14 +7,16 @@ backlog until the worker is ready.
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 
-from mlx_serve import blas, jit, lifecycle
+from mlx_serve import blas, jit, lifecycle, memory
 from mlx_serve.logs import configure, formatter, get_logger
 from mlx_serve.settings import Settings, home_dir
 
@@ -82,6 +84,7 @@ class Server(BaseApplication):
         if kernels.needs_warning:
             log.warning("slow_kernels", reason=kernels.reason, hint=jit.HINT)
         metrics = Metrics()
+        metrics.memory.limits = memory.configure(self.settings.mlx_cache_limit, self.settings.mlx_memory_limit)
         store = ModelStore(self.settings.models_dir, self.settings.model_aliases)
         for leftover in store.clean_leftovers():  # what killed pulls left behind (none is running now)
             log.info("pull_leftover_removed", path=str(leftover))
@@ -99,13 +102,30 @@ class Server(BaseApplication):
             url=f"http://{self.settings.host}:{self.settings.port}",
             blas=blas.STATUS.path,
             native_kernels=kernels.native,
+            mlx_cache_limit=metrics.memory.limits.cache,
+            mlx_memory_limit=metrics.memory.limits.memory,
             preloaded=list(self.settings.preload_models),
         )
         return create_app(self.settings, runtime, metrics)
 
-    def _worker_exit(self, server: Any, worker: Any) -> None:
+    def exit_worker(self, code: int) -> None:
+        """End the worker process: finish queued and running inference, flush the logs, and exit without
+        running C++ static destructors. MLX's stream threads are never joined (they live as long as the
+        thread that made them), and their destructors abort the process ("terminate called without an
+        active exception", SIGABRT) on every exit, CPU and CUDA alike."""
         if self.runtime is not None:
-            self.runtime.close()  # queued and running inference finishes first
+            self.runtime.close()
+            self.runtime = None
+        get_logger("mlx_serve.server").info("worker_exit", code=code)
+        logging.shutdown()  # flushes every handler
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+    def _worker_exit(self, server: Any, worker: Any) -> None:
+        # Only reached when the worker failed (a boot error or an exception gunicorn caught): a stop
+        # ends in exit_worker. Keep gunicorn's meaning: 3 = failed to boot, so the master gives up.
+        self.exit_worker(3 if not worker.booted else 1)
 
     def _when_ready(self, server: Any) -> None:
         # The master listens now: record it, so start/stop/status can find this instance.

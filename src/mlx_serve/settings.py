@@ -15,6 +15,8 @@ from typing import Any, Literal
 from dynaconf import Dynaconf, get_history
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from mlx_serve.memory import parse_size
+
 DEFAULTS_FILE = Path(__file__).with_name("settings.toml")
 ENV_PREFIX = "MLX_SERVE"
 
@@ -56,6 +58,8 @@ class Settings(BaseModel):
     graceful_timeout: int = Field(ge=0)
     start_timeout: float = Field(gt=0)
     threads: int = Field(ge=1, le=256)
+    mlx_cache_limit: int | None
+    mlx_memory_limit: int | None
     dtype: Literal["auto", "float32", "float16", "bfloat16"]
     max_batch_tokens: int = Field(ge=64)
     max_inputs_per_request: int = Field(ge=1)
@@ -85,6 +89,11 @@ class Settings(BaseModel):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @field_validator("mlx_cache_limit", "mlx_memory_limit", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        return parse_size(value)
 
     @field_validator("api_key_file", mode="before")
     @classmethod

@@ -156,7 +156,11 @@ class Worker(ThreadWorker):
         # gunicorn writes its own errors (400, 414, 431) through util.write_error, with no hook: in this
         # worker process they come out in the API's shape.
         util.write_error = _write_json_error
-        super().init_process()
+        try:
+            super().init_process()  # serves until a stop; a boot error propagates to gunicorn's handling
+        except SystemExit as exc:  # SIGINT/SIGQUIT: gunicorn's quick stop
+            self.app.exit_worker(exc.code if isinstance(exc.code, int) else 1)
+        self.app.exit_worker(0)
 
     # Every path to a thread (a new connection, a kept-alive one readable again, a pipelined request)
     # goes through enqueue_req: read the request first.

@@ -137,9 +137,15 @@ def cmd_status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     else:
         for row in rows:
             if row["state"] == "running":
+                mlx = row.get("mlx_memory") or {}
+                device = (
+                    f" (MLX: {mlx['active_bytes'] / 2**20:.0f} MiB in use, {mlx['cache_bytes'] / 2**20:.0f} MiB cached)"
+                    if mlx
+                    else ""
+                )
                 print(
                     f"port {row['port']}: running, PID {row['pid']}, up {_duration(row['uptime_seconds'])}, "
-                    f"{row['url']}, {row['memory_bytes'] / 2**20:.0f} MiB, "
+                    f"{row['url']}, {row['memory_bytes'] / 2**20:.0f} MiB{device}, "
                     f"models loaded: {', '.join(row['models_loaded']) or 'none'}"
                 )
             elif row["state"] == "stale":
@@ -162,6 +168,7 @@ def status_row(inst: lifecycle.Instance) -> dict[str, Any]:
             uptime_seconds=round(time.time() - inst.record.started, 1),
             memory_bytes=lifecycle.memory_bytes(inst.record.pid),
             models_loaded=health.get("models_loaded", []),
+            mlx_memory=health.get("memory"),
             healthy=bool(health),
             manager=inst.record.manager,
         )

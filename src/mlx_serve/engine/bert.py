@@ -125,7 +125,10 @@ def written_attention(softmax: Callable[[mx.array], mx.array]) -> Attention:
 
     def attention(q: mx.array, k: mx.array, v: mx.array, mask: mx.array | None) -> mx.array:
         scores = q @ k.swapaxes(-1, -2)
-        return softmax(scores if mask is None else scores + mask) @ v
+        scores = scores if mask is None else scores + mask
+        # One key: the shapeless compiled softmax crashes MLX's CPU backend on a last axis of size 1 (a
+        # one-token input); a softmax over one value is 1 anyway.
+        return (_softmax(scores) if scores.shape[-1] == 1 else softmax(scores)) @ v
 
     return attention
 

@@ -35,7 +35,6 @@ class Embedder:
         pad_id: int,
         arrays: Callable[[], list[mx.array]],
         streams: Sequence[mx.Stream] = (),
-        left_padded: bool = False,
         query_template: str | None = None,
         default_instruction: str | None = None,
     ) -> None:
@@ -47,8 +46,7 @@ class Embedder:
         self.query_template = query_template
         self.default_instruction = default_instruction
         self._arrays = arrays
-        self.left_padded = left_padded
-        self.runner = BatchRunner(self._head, pad_id, "left" if left_padded else "right", streams)
+        self.runner = BatchRunner(self._head, pad_id, "right", streams)
 
     @property
     def max_length(self) -> int:
@@ -62,7 +60,7 @@ class Embedder:
         return sum(a.nbytes for a in self._arrays())
 
     def _head(self, ids: mx.array, type_ids: mx.array, mask: mx.array, padded: bool) -> mx.array:
-        out = pool(self.forward(ids, mask, padded), mask, self.pooling.mode, self.left_padded)
+        out = pool(self.forward(ids, mask, padded), mask, self.pooling.mode)
         return l2_normalize(out) if self.pooling.normalize else out
 
     def apply_instruction(self, inputs: Sequence[Input], instruction: str | None) -> list[Input]:

@@ -2,7 +2,7 @@
 
 - `model_type: bert`: our MLX BERT encoder; with a `*ForSequenceClassification` head, a cross-encoder.
 - anything else: a decoder through mlx-lm (Qwen3 and the other architectures it ships): an embedding
-  model (last-token pooling, left padding), or, as a reranker, the Qwen3-Reranker recipe.
+  model (last-token pooling), or, as a reranker, the Qwen3-Reranker recipe.
 """
 
 from __future__ import annotations
@@ -150,7 +150,6 @@ def _load(
         stack.pad_id,
         stack.arrays,
         streams,
-        left_padded=True,
         query_template=QWEN3_QUERY_TEMPLATE if is_qwen3 else None,
         default_instruction=(instruction or DEFAULT_INSTRUCTION) if is_qwen3 else instruction,
     )

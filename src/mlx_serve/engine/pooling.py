@@ -51,11 +51,9 @@ def _mode_from(cfg: dict, default: Mode) -> Mode:
     return default
 
 
-def pool(hidden: mx.array, mask: mx.array, mode: Mode, left_padded: bool) -> mx.array:
-    """hidden (B, L, D); mask (B, L) of 1/0."""
+def pool(hidden: mx.array, mask: mx.array, mode: Mode) -> mx.array:
+    """hidden (B, L, D) of a right-padded batch; mask (B, L) of 1/0."""
     if mode == "last":
-        if left_padded:
-            return hidden[:, -1]
         last = mask.sum(axis=1) - 1
         return mx.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
     if mode == "cls":

@@ -17,6 +17,7 @@ import numpy as np
 from mlx_serve.engine.batching import BatchRunner, Seq
 from mlx_serve.engine.decoder import DecoderStack
 from mlx_serve.engine.embedder import Embedder
+from mlx_serve.engine.pooling import pool
 from mlx_serve.engine.tokenizer import TextTokenizer, too_long
 
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
@@ -105,11 +106,11 @@ class Qwen3Reranker(Reranker):
         self.default_instruction = default_instruction
         self.prefix = tokenizer.raw(QWEN3_PREFIX)
         self.suffix = tokenizer.raw(QWEN3_SUFFIX)
-        runner = BatchRunner(self._head, pad_id=stack.pad_id, padding_side="left", streams=streams)
+        runner = BatchRunner(self._head, pad_id=stack.pad_id, padding_side="right", streams=streams)
         super().__init__(name, tokenizer, runner, stack.arrays)
 
     def _head(self, ids: mx.array, type_ids: mx.array, mask: mx.array, padded: bool) -> mx.array:
-        last = self.stack(ids, mask, padded)[:, -1]
+        last = pool(self.stack(ids, mask, padded), mask, "last")
         logits = self.stack.token_logits(last, self.answer_ids).astype(mx.float32)
         return mx.softmax(logits, axis=-1)[:, 1:]  # P("yes")
 

@@ -10,7 +10,7 @@ import falcon
 
 from mlx_serve.engine import InputError
 from mlx_serve.logs import get_logger
-from mlx_serve.runtime import InvalidRequest, ModelNotFound, Overloaded
+from mlx_serve.runtime import InvalidRequest, ModelNotFound, Overloaded, TooLarge
 from mlx_serve.store import InvalidNameError
 
 _TYPES = {
@@ -68,6 +68,10 @@ def runtime_errors(model: str, inputs_param: str | None = None, not_found_param:
         raise bad_request(str(exc), f"invalid_{exc.param}", exc.param) from None
     except Overloaded as exc:
         raise overloaded(f"The server is busy: {exc}. Retry later.") from None
+    except TooLarge as exc:  # the device's memory, not the request's form: a 507, as storage is short
+        param = inputs_param or "input"
+        message = str(exc).replace("input ", f"{param}[", 1).replace(" does not fit", "] does not fit", 1)
+        raise ApiError(507, message, "out_of_memory", param, error_type="server_error") from None
 
 
 def _send(resp: falcon.Response, error: ApiError) -> None:

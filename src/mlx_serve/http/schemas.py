@@ -295,10 +295,17 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
+class MemoryUsage(BaseModel):
+    active_bytes: int = Field(description="MLX memory in arrays now (weights and running batches)")
+    cache_bytes: int = Field(description="freed MLX buffers kept for reuse")
+    peak_bytes: int = Field(description="the most active memory at once since the start")
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     version: str
     models_loaded: list[str]
+    memory: MemoryUsage
 
 
 class LoadedModel(BaseModel):
@@ -312,6 +319,7 @@ class LoadedModel(BaseModel):
 
 class PsResponse(BaseModel):
     models: list[LoadedModel]
+    memory: MemoryUsage
 
 
 class TagDetails(BaseModel):

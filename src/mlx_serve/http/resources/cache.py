@@ -27,7 +27,8 @@ class PsResource:
                     "expires_at": None if m.expires_at is None else iso_utc(m.expires_at),
                 }
                 for m in self.runtime.ps()
-            ]
+            ],
+            "memory": self.runtime.memory_usage().to_dict(),
         }
 
 

@@ -13,4 +13,9 @@ class HealthResource:
         self.runtime = runtime
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = {"status": "ok", "version": __version__, "models_loaded": self.runtime.loaded()}
+        resp.media = {
+            "status": "ok",
+            "version": __version__,
+            "models_loaded": self.runtime.loaded(),
+            "memory": self.runtime.memory_usage().to_dict(),
+        }

@@ -1,0 +1,111 @@
+"""Device memory: MLX's limits, what it holds, and giving its buffer cache back when the server is idle.
+
+MLX keeps freed buffers in a cache for reuse, by default up to its whole memory limit (on an H100 a
+server with 1.2 GB of weights held 78.5 GB after a burst of requests; on a Mac the cache is the
+machine's RAM). mlx-serve sets a cache limit (`mlx_cache_limit`, auto: a sixteenth of MLX's memory
+limit, at most 2 GiB), and empties the cache once no batch has run for a moment, so that a long-running
+server stays near its working set between bursts while a burst still reuses its buffers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+AUTO_CACHE_CAP = 2 * 2**30
+IDLE_RELEASE_SECONDS = 2.0  # no batch for this long: the buffer cache goes back to the system
+_SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?i?b?)\s*\Z", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+
+
+def parse_size(value: Any) -> int | None:
+    """Bytes from an int or a text such as "2GiB", "512 MB", "1.5g"; None for "auto"."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return None
+    if isinstance(value, bool):
+        raise ValueError("must be a size such as 2GiB, a number of bytes, or auto")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return int(value)
+    match = _SIZE.match(str(value))
+    if match is None:
+        raise ValueError(f"{value!r} is not a size (examples: 2GiB, 512MB, 1073741824, auto)")
+    number, unit = float(match.group(1)), match.group(2).lower()
+    binary = "i" in unit
+    base = unit.replace("i", "").replace("b", "")
+    scale = 1024 ** "kmgt".index(base) * 1024 if binary and base else _UNITS[base]
+    return int(number * scale)
+
+
+@dataclass(frozen=True)
+class Limits:
+    cache: int
+    memory: int
+
+
+def configure(cache_limit: int | None, memory_limit: int | None) -> Limits:
+    """Apply the limits in this process (the worker, before any model loads)."""
+    import mlx.core as mx
+
+    if memory_limit is not None:
+        mx.set_memory_limit(memory_limit)
+    memory = mx.get_memory_limit()
+    cache = cache_limit if cache_limit is not None else min(AUTO_CACHE_CAP, memory // 16)
+    mx.set_cache_limit(cache)
+    return Limits(cache, memory)
+
+
+@dataclass(frozen=True)
+class Usage:
+    active: int  # in arrays now
+    cache: int  # freed, kept for reuse
+    peak: int  # the most active at once since start
+
+    def to_dict(self) -> dict[str, int]:
+        return {"active_bytes": self.active, "cache_bytes": self.cache, "peak_bytes": self.peak}
+
+
+def usage() -> Usage:
+    import mlx.core as mx
+
+    return Usage(mx.get_active_memory(), mx.get_cache_memory(), mx.get_peak_memory())
+
+
+def release_cache() -> None:
+    import mlx.core as mx
+
+    mx.clear_cache()
+
+
+class MemoryCollector:
+    """Prometheus gauges read at scrape time: MLX's active, cache and peak memory, and the process's RSS."""
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits
+
+    def collect(self) -> Iterator[Any]:
+        import psutil
+        from prometheus_client.core import GaugeMetricFamily
+
+        now = usage()
+        mlx_memory = GaugeMetricFamily(
+            "mlx_serve_mlx_memory_bytes",
+            "MLX memory: in arrays (active), kept for reuse (cache), peak",
+            labels=["kind"],
+        )
+        for kind, value in (("active", now.active), ("cache", now.cache), ("peak", now.peak)):
+            mlx_memory.add_metric([kind], value)
+        yield mlx_memory
+        if self.limits is not None:
+            limit = GaugeMetricFamily("mlx_serve_mlx_limit_bytes", "MLX's memory and cache limits", labels=["kind"])
+            limit.add_metric(["memory"], self.limits.memory)
+            limit.add_metric(["cache"], self.limits.cache)
+            yield limit
+        yield GaugeMetricFamily(
+            "mlx_serve_resident_memory_bytes",
+            "Resident memory of the worker process",
+            value=psutil.Process().memory_info().rss,
+        )

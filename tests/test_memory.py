@@ -1,0 +1,49 @@
+"""Device memory: MLX's limits from the settings, its memory in /health, /api/ps and /metrics, and its
+buffer cache handed back once the server is idle."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest
+
+from mlx_serve.memory import parse_size
+from mlx_serve.settings import SettingsError, load_settings
+
+from .conftest import MINILM, wait_for
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("auto", None), ("2GiB", 2 * 2**30), ("512 MiB", 512 * 2**20), ("1.5GB", 1_500_000_000), (1024, 1024), ("0", 0)],
+)
+def test_sizes(text, size) -> None:
+    assert parse_size(text) == size
+
+
+def test_a_bad_size_is_a_settings_error(home, monkeypatch) -> None:
+    monkeypatch.setenv("MLX_SERVE_MLX_CACHE_LIMIT", "lots")
+    with pytest.raises(SettingsError, match="mlx_cache_limit = 'lots'"):
+        load_settings()
+
+
+def test_the_buffer_cache_goes_back_once_idle(make_app) -> None:
+    app = make_app()
+    client = app.client
+    body = {"model": MINILM, "input": ["a text long enough to leave buffers behind " * 20] * 16}
+    assert client.simulate_post("/v1/embeddings", json=body).status_code == 200
+    wait_for(lambda: client.simulate_get("/health").json["memory"]["cache_bytes"] == 0, timeout=6)
+    assert client.simulate_get("/api/ps").json["memory"]["active_bytes"] > 80 * 2**20  # the weights stay
+
+
+@pytest.mark.process
+def test_the_server_applies_its_limits(start_server) -> None:
+    server = start_server(env={"MLX_SERVE_MLX_CACHE_LIMIT": "64MiB", "MLX_SERVE_MLX_MEMORY_LIMIT": "8GiB"})
+    with urllib.request.urlopen(f"{server.url}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    assert 'mlx_serve_mlx_limit_bytes{kind="cache"} 6.7108864e+07' in text
+    assert 'mlx_serve_mlx_limit_bytes{kind="memory"} 8.589934592e+09' in text
+    with urllib.request.urlopen(f"{server.url}/health", timeout=10) as resp:
+        assert set(json.load(resp)["memory"]) == {"active_bytes", "cache_bytes", "peak_bytes"}
+    assert server.stop() == 0
