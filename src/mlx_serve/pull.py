@@ -161,7 +161,7 @@ def _convert(staging: Path, type: ModelType, quantize: int | None) -> dict[str, 
 
     from mlx_serve.engine.decoder import DecoderStack
 
-    stack = DecoderStack.load(staging, mx.float32 if quantize else _dtype_of(config))
+    stack = DecoderStack.load(staging, lambda stored: mx.float32 if quantize else _dtype_of(config))
     model, new_config = stack.model, dict(stack.config)
     if type == "embedding" and "lm_head" in model:
         model.pop("lm_head")  # embeddings never use it; loading supplies a placeholder, so no disk is spent

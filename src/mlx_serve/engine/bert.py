@@ -195,13 +195,17 @@ class BertEncoder:
         self.extra = {k: v for k, v in w.items() if not k.startswith(("embeddings.", "encoder."))}
 
     @classmethod
-    def load(cls, model_dir: Path, cfg: BertConfig, dtype: mx.Dtype, kernels: Kernels) -> BertEncoder:
+    def load(
+        cls, model_dir: Path, cfg: BertConfig, dtype: Callable[[mx.Dtype], mx.Dtype], kernels: Kernels
+    ) -> BertEncoder:
+        """`dtype` picks the compute dtype from the checkpoint's."""
         weights: dict[str, mx.array] = {}
         for file in sorted(model_dir.glob("*.safetensors")):
             weights.update(mx.load(str(file)))
         if not weights:
             raise FileNotFoundError(f"no .safetensors weights in {model_dir}")
-        weights = {k: v.astype(dtype) for k, v in weights.items()}
+        target = dtype(next(iter(weights.values())).dtype)
+        weights = {k: v.astype(target) for k, v in weights.items()}
         return cls(cfg, weights, kernels)
 
     def arrays(self) -> list[mx.array]:

@@ -9,6 +9,7 @@ own outputs are garbage and never read: pooling takes each text's last real toke
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +44,14 @@ class DecoderStack:
         self.config = config
 
     @classmethod
-    def load(cls, model_dir: Path, dtype: mx.Dtype) -> DecoderStack:
+    def load(cls, model_dir: Path, dtype: Callable[[mx.Dtype], mx.Dtype]) -> DecoderStack:
+        """`dtype` picks the compute dtype from the checkpoint's (a quantized model keeps its own)."""
+        from mlx.utils import tree_flatten
+
         model, config = load_model(model_dir, get_model_classes=_classes_for_any_checkpoint)
         if not config.get("quantization"):
-            model.set_dtype(dtype)
+            stored = next(v for _, v in tree_flatten(model.parameters())).dtype
+            model.set_dtype(dtype(stored))
         return cls(model, config)
 
     @property

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from functools import partial
 from pathlib import Path
 
 import mlx.core as mx
@@ -32,10 +33,14 @@ class UnsupportedModelError(ValueError):
     pass
 
 
-def compute_dtype(name: str) -> mx.Dtype:
-    """`auto` is float32 on CPU (bf16/fp16 matmuls are slow there) and float16 on a GPU."""
+def compute_dtype(name: str, stored: mx.Dtype = mx.float32) -> mx.Dtype:
+    """The dtype a model runs in. `auto`: float32 on a CPU (bf16/fp16 matmuls are slow there); on a GPU
+    the checkpoint's own half precision (Qwen3's bfloat16: float16 is unstable for models trained in
+    bfloat16), else float16. Pooling and normalisation always run in float32 (pooling.py)."""
     if name == "auto":
-        return mx.float16 if mx.default_device() == mx.gpu else mx.float32
+        if mx.default_device() != mx.gpu:
+            return mx.float32
+        return stored if stored in (mx.float16, mx.bfloat16) else mx.float16
     return getattr(mx, name)
 
 
@@ -82,7 +87,7 @@ def load_model(
     `instruction` replaces the model's default task for queries (Qwen3 embedding and reranking)."""
     jit.enable()  # before anything compiles: decoders' mlx-lm kernels gain from it too
     config = read_config(model_dir)
-    model = _load(name, model_dir, type, config, compute_dtype(dtype), instruction)
+    model = _load(name, model_dir, type, config, dtype, instruction)
     # Loading leaves MLX's buffer cache full of weight-sized buffers that inference never reuses; while
     # it stays full, every activation goes back to malloc and page faults (GELU ran 5x slower).
     mx.clear_cache()
@@ -101,7 +106,7 @@ def load_embedder(name: str, model_dir: Path, dtype: str = "auto") -> Embedder:
 
 
 def _load(
-    name: str, model_dir: Path, type: str, config: dict, dtype: mx.Dtype, instruction: str | None
+    name: str, model_dir: Path, type: str, config: dict, dtype: str, instruction: str | None
 ) -> Embedder | Reranker:
     tokenizer_file = model_dir / "tokenizer.json"
     if not tokenizer_file.exists():
@@ -111,7 +116,7 @@ def _load(
     streams = inference_streams()
     if arch in BERT_FAMILY:
         kernels = Kernels.choose(gpu=mx.default_device() == mx.gpu, native_cpu=jit.enable().native)
-        encoder = BertEncoder.load(model_dir, BertConfig.from_dict(config), dtype, kernels)
+        encoder = BertEncoder.load(model_dir, BertConfig.from_dict(config), partial(compute_dtype, dtype), kernels)
         mx.eval(encoder.arrays())
         tokenizer = TextTokenizer(tokenizer_file, max_seq_length(model_dir, config))
         pad_id = int(config.get("pad_token_id", 0))
@@ -131,7 +136,7 @@ def _load(
             streams,
         )
     try:
-        stack = DecoderStack.load(model_dir, dtype)
+        stack = DecoderStack.load(model_dir, partial(compute_dtype, dtype))
     except ValueError as exc:  # mlx-lm does not know the architecture
         raise UnsupportedModelError(f"{name}: {exc}") from exc
     mx.eval(stack.arrays())

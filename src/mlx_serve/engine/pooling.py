@@ -52,18 +52,22 @@ def _mode_from(cfg: dict, default: Mode) -> Mode:
 
 
 def pool(hidden: mx.array, mask: mx.array, mode: Mode) -> mx.array:
-    """hidden (B, L, D) of a right-padded batch; mask (B, L) of 1/0."""
+    """hidden (B, L, D) of a right-padded batch; mask (B, L) of 1/0. Always float32: a sum of 512
+    float16 values, or the norm of a vector whose norm passes 256 (its square passes float16's 65504),
+    overflows, and the answer would be an all-zero or NaN vector with status 200."""
     if mode == "last":
         last = mask.sum(axis=1) - 1
-        return mx.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
+        return mx.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0].astype(mx.float32)
     if mode == "cls":
-        return hidden[:, 0]
-    m = mask[..., None].astype(hidden.dtype)
+        return hidden[:, 0].astype(mx.float32)
+    hidden = hidden.astype(mx.float32)
+    m = mask[..., None].astype(mx.float32)
     if mode == "max":
-        return mx.max(mx.where(m > 0, hidden, mx.array(-1e9, hidden.dtype)), axis=1)
+        return mx.max(mx.where(m > 0, hidden, mx.array(-1e9, mx.float32)), axis=1)
     return (hidden * m).sum(axis=1) / mx.maximum(m.sum(axis=1), 1e-9)
 
 
 def l2_normalize(x: mx.array) -> mx.array:
-    # Same epsilon as torch.nn.functional.normalize, which sentence-transformers uses.
+    # In float32 (see pool); the same epsilon as torch.nn.functional.normalize, which sentence-transformers uses.
+    x = x.astype(mx.float32)
     return x / mx.maximum(mx.linalg.norm(x, axis=-1, keepdims=True), 1e-12)

@@ -84,7 +84,7 @@ class CrossEncoder(Reranker):
 
 def cross_encoder_head(classifier: Callable[..., mx.array]) -> Callable[..., mx.array]:
     def head(ids: mx.array, type_ids: mx.array, mask: mx.array, padded: bool) -> mx.array:
-        return mx.sigmoid(classifier(ids, type_ids, mask, padded)[:, :1])
+        return mx.sigmoid(classifier(ids, type_ids, mask, padded)[:, :1].astype(mx.float32))
 
     return head
 

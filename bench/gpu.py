@@ -1,0 +1,522 @@
+"""mlx-serve on a GPU against its peers on the same GPU, in one run (see README: Performance on a GPU).
+
+Models have random weights in the real shapes (all-MiniLM-L6-v2 with its real tokenizer, Qwen3-Embedding-
+0.6B, Qwen3-Reranker-0.6B, a MiniLM-shaped BERT cross-encoder), built here with transformers and pulled
+into a store as a user would. Measured, 16 clients x 32 texts x ~150 tokens unless said otherwise:
+- the engine in-process (budgets 4096 and 16384) and, for Qwen3, a bare mlx-lm forward pass;
+- the server over HTTP (float and base64; varied lengths; 64 concurrent single-text clients against the
+  same 64 requests in a row; one short text), its memory afterwards (nvidia-smi and MLX's own), and its
+  exit (code, and no SIGABRT in the log);
+- rerankers over HTTP (pairs/s, errors) and their peers;
+- the peers: sentence-transformers fp16 and fp32 (embeddings, CrossEncoder) and transformers with the
+  Qwen3-Reranker model card's recipe, in a process of their own.
+
+Usage: python3 bench/gpu.py build|engine|server|peers|all [--dir DIR] [--out FILE] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
+WORDS = [
+    "model",
+    "server",
+    "embedding",
+    "vector",
+    "search",
+    "query",
+    "document",
+    "rank",
+    "local",
+    "machine",
+    "memory",
+    "batch",
+    "token",
+    "cosine",
+    "latency",
+    "throughput",
+    "apple",
+    "silicon",
+    "linux",
+    "python",
+    "request",
+    "response",
+    "cache",
+    "gravity",
+    "capital",
+    "china",
+    "beijing",
+]
+MINILM_FILES = [
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+    "modules.json",
+    "sentence_bert_config.json",
+    "1_Pooling/config.json",
+]
+RESULTS: dict = {}
+
+
+def log(*parts: object) -> None:
+    print(*parts, flush=True)
+
+
+def record(section: str, key: str, value: object) -> None:
+    RESULTS.setdefault(section, {})[key] = value
+    log(f"  {section} / {key}: {value}")
+
+
+def texts_of(n: int, words: int, seed: int, vary: bool = False) -> list[str]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        count = rng.randint(max(4, words // 8), words * 2) if vary else words
+        out.append(" ".join(rng.choice(WORDS) for _ in range(count)) + ".")
+    return out
+
+
+# -- models ---------------------------------------------------------------------------------------
+def build(models: Path, minilm_files: Path, tiny: bool) -> None:
+    """Random weights in the real shapes, in the Hugging Face and sentence-transformers layouts."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    torch.manual_seed(0)
+    models.mkdir(parents=True, exist_ok=True)
+    config = BertConfig.from_pretrained(minilm_files)
+    for name, cls in (("minilm", BertModel), ("minilm-ce", BertForSequenceClassification)):
+        path = models / name
+        if (path / "model.safetensors").exists():
+            continue
+        cfg = BertConfig.from_dict({**config.to_dict(), "num_labels": 1})
+        model = cls(cfg).eval()
+        model.save_pretrained(path, safe_serialization=True)
+        for file in MINILM_FILES:
+            if name == "minilm-ce" and file in ("modules.json", "sentence_bert_config.json", "1_Pooling/config.json"):
+                continue
+            if (minilm_files / file).exists():
+                (path / file).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(minilm_files / file, path / file)
+        if name == "minilm-ce":
+            cfg_json = json.loads((path / "config.json").read_text())
+            cfg_json["architectures"] = ["BertForSequenceClassification"]
+            (path / "config.json").write_text(json.dumps(cfg_json))
+    for name, kind in (("qwen3-emb", "embedding"), ("qwen3-rr", "reranker")):
+        path = models / name
+        if (path / "model.safetensors").exists() or any(path.glob("model-*.safetensors")):
+            continue
+        qwen3_06b(path, kind, tiny)
+
+
+def qwen3_06b(path: Path, kind: str, tiny: bool = False) -> None:
+    """Qwen3-0.6B's shape (Qwen3-Embedding-0.6B / Qwen3-Reranker-0.6B), bfloat16 as the real checkpoints.
+    `tiny`: two small layers, to try this script on a CPU."""
+    import torch
+    from tests import tiny_models
+    from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3Model
+
+    path.mkdir(parents=True, exist_ok=True)
+    tiny_models.qwen_tokenizer(path, append_eos=kind == "embedding")
+    config = Qwen3Config(
+        vocab_size=151669,
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=2 if tiny else 28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        max_position_embeddings=32768,
+        rms_norm_eps=1e-6,
+        rope_theta=1000000.0,
+        tie_word_embeddings=True,
+        torch_dtype="bfloat16",
+        architectures=["Qwen3ForCausalLM"],
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = (Qwen3Model if kind == "embedding" else Qwen3ForCausalLM)(config).to(torch.bfloat16).eval()
+    model.save_pretrained(path, safe_serialization=True)
+    data = json.loads((path / "config.json").read_text())
+    data["architectures"] = ["Qwen3ForCausalLM"]
+    (path / "config.json").write_text(json.dumps(data))
+    if kind == "embedding":
+        modules = [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+        ]
+        (path / "modules.json").write_text(json.dumps(modules))
+        (path / "1_Pooling").mkdir(exist_ok=True)
+        pooling = {"word_embedding_dimension": 1024, "pooling_mode_lasttoken": True, "include_prompt": True}
+        (path / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+        (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 8192}))
+
+
+def pull_all(models: Path, home: Path) -> None:
+    env = {**os.environ, "HOME": str(home)}
+    for name in ("minilm", "minilm-ce", "qwen3-emb", "qwen3-rr"):
+        if (home / ".mlx-serve" / "models" / name / "mlx-serve.json").exists():
+            continue
+        started = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "mlx_serve", "pull", str(models / name), "--name", name], env=env, check=True
+        )
+        log(f"pulled {name} in {time.perf_counter() - started:.1f} s")
+
+
+# -- the engine in-process ----------------------------------------------------------------------
+def timed(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def engine(home: Path, quick: bool) -> None:
+    import mlx.core as mx
+
+    from mlx_serve.engine import load_model
+
+    store = home / ".mlx-serve" / "models"
+    n = 64 if quick else 512
+    for name, words in (("minilm", 150), ("qwen3-emb", 30)):
+        model = load_model(name, store / name, type="embedding")
+        texts = texts_of(n, words, seed=1)
+        seqs = model.tokenize(texts)
+        tokens = sum(len(s) for s in seqs)
+        record("engine", f"{name} mean tokens per text", round(tokens / n, 1))
+        for budget in (4096, 16384):
+            seconds = timed(lambda m=model, b=budget, s=seqs: m.run(s, b))
+            record("engine", f"{name} tokens/s budget {budget}", round(tokens / seconds))
+        one = model.tokenize(["what is the capital of france?"])
+        record("engine", f"{name} one short text ms", round(timed(lambda m=model, o=one: m.run(o, 4096), 20) * 1000, 2))
+        mx.reset_peak_memory()
+        model.run(seqs, 4096)
+        record("engine", f"{name} peak GB (budget 4096)", round(mx.get_peak_memory() / 1e9, 2))
+        if name == "qwen3-emb":
+            bare_qwen3(store / name, model, quick)
+        del model
+        mx.clear_cache()
+
+
+def bare_qwen3(path: Path, ours: object, quick: bool) -> None:
+    """A bare mlx-lm forward pass on equal-length random ids (no padding, causal), against ours on the
+    same shapes: what the engine leaves on the table."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm.utils import load_model as mlx_lm_load
+
+    from mlx_serve.engine.batching import Seq
+    from mlx_serve.engine.decoder import _classes_for_any_checkpoint
+    from mlx_serve.engine.loader import compute_dtype
+
+    model, _ = mlx_lm_load(path, get_model_classes=_classes_for_any_checkpoint)
+    stored = next(v for _, v in tree_flatten(model.parameters())).dtype
+    model.set_dtype(compute_dtype("auto", stored))  # ours runs in this dtype too
+    for rows, length in ((4, 64),) if quick else ((16, 512), (32, 256), (64, 256)):
+        ids = mx.random.randint(5, 400, (rows, length))
+
+        def bare(ids: mx.array = ids) -> None:
+            mx.eval(model.model(ids))
+
+        seconds = timed(bare)
+        record("engine", f"qwen3 bare mlx-lm {rows}x{length} tokens/s", round(rows * length / seconds))
+        seqs = [Seq(list(map(int, row))) for row in ids.tolist()]
+        seconds = timed(lambda s=seqs, b=rows * length: ours.run(s, b))
+        record("engine", f"qwen3 ours {rows}x{length} tokens/s", round(rows * length / seconds))
+
+
+# -- the server over HTTP -------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(url: str, path: str, body: dict) -> dict:
+    request = urllib.request.Request(
+        f"{url}{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=600) as resp:
+        return json.load(resp)
+
+
+def gpu_memory_mb(pid: int) -> int | None:
+    """What nvidia-smi says the process (or its children) holds."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+    except OSError:
+        return None
+    import psutil
+
+    pids = {pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))}
+    used = [int(line.split(",")[1]) for line in out.strip().splitlines() if line and int(line.split(",")[0]) in pids]
+    return sum(used) if used else None
+
+
+class Server:
+    def __init__(self, home: Path, preload: list[str], env: dict | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = home / f"server-{self.port}.log"
+        args = [sys.executable, "-m", "mlx_serve", "start", "--foreground", "--port", str(self.port)]
+        args += [f"--preload={name}" for name in preload]
+        full_env = {
+            **os.environ,
+            "HOME": str(home),
+            "MLX_SERVE_LOG_FORMAT": "json",
+            "MLX_SERVE_LOG_LEVEL": "warning",
+            **(env or {}),
+        }
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen(args, env=full_env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.url}/health", timeout=2).read()
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"server did not start: {self.log.read_text()[-3000:]}") from None
+                time.sleep(0.5)
+
+    def health(self) -> dict:
+        with urllib.request.urlopen(f"{self.url}/health", timeout=10) as resp:
+            return json.load(resp)
+
+    def stop(self) -> dict:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=120)
+        text = self.log.read_text()
+        return {
+            "master_exit": code,
+            # gunicorn's master logs a worker's non-zero exit ("exited with code") or its signal ("was sent")
+            "worker_failed": "exited with code" in text or "was sent" in text,
+            "sigabrt": "SIGABRT" in text or "terminate called" in text,
+        }
+
+
+def clients(url: str, path: str, bodies: list[dict], workers: int) -> tuple[float, int, int]:
+    """Send `bodies` from `workers` concurrent clients; (seconds, tokens, errors)."""
+    errors = 0
+    tokens = 0
+
+    def one(body: dict) -> int:
+        nonlocal errors
+        try:
+            return post(url, path, body)["usage"]["total_tokens"]
+        except Exception:
+            errors += 1
+            return 0
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        tokens = sum(pool.map(one, bodies))
+    return time.perf_counter() - start, tokens, errors
+
+
+def server(home: Path, quick: bool) -> None:
+    rounds = 2 if quick else 8
+    for name, words in (("minilm", 150), ("qwen3-emb", 30)):
+        srv = Server(home, [name])
+        try:
+            url = srv.url
+            for fmt in ("float", "base64"):
+                bodies = [
+                    {"model": name, "input": texts_of(32, words, seed=100 * r + c), "encoding_format": fmt}
+                    for r in range(rounds)
+                    for c in range(16)
+                ]
+                clients(url, "/v1/embeddings", bodies[:16], 16)  # warm up
+                seconds, tokens, errors = clients(url, "/v1/embeddings", bodies, 16)
+                record("server", f"{name} 16x32 {fmt} tokens/s", round(tokens / seconds))
+                record("server", f"{name} 16x32 {fmt} errors", errors)
+            varied = [
+                {"model": name, "input": texts_of(32, words, seed=7000 + i, vary=True), "encoding_format": "base64"}
+                for i in range(16 * rounds)
+            ]
+            clients(url, "/v1/embeddings", varied[:16], 16)
+            seconds, tokens, errors = clients(url, "/v1/embeddings", varied, 16)
+            record("server", f"{name} varied lengths base64 tokens/s", round(tokens / seconds))
+            singles = [{"model": name, "input": [t], "encoding_format": "base64"} for t in texts_of(64, 12, seed=9)]
+            in_a_row = statistics.median(clients(url, "/v1/embeddings", singles, 1)[0] for _ in range(3))
+            together = statistics.median(clients(url, "/v1/embeddings", singles, 64)[0] for _ in range(3))
+            record("server", f"{name} 64 single-text clients: in a row / concurrent", round(in_a_row / together, 2))
+            one = {"model": name, "input": "what is the capital of france?", "encoding_format": "base64"}
+            latency = timed(lambda o=one, u=url: post(u, "/v1/embeddings", o), 30, 3)
+            record("server", f"{name} one short text ms", round(latency * 1000, 2))
+            time.sleep(3)  # MLX's buffer cache goes back after 2 s idle
+            record("server", f"{name} GPU memory after, nvidia-smi MB", gpu_memory_mb(srv.proc.pid))
+            record("server", f"{name} MLX memory after", srv.health()["memory"])
+        finally:
+            record("server", f"{name} exit", srv.stop())
+    for name, kind in (("qwen3-rr", "qwen3"), ("minilm-ce", "cross-encoder")):
+        srv = Server(home, [name])
+        try:
+            docs = texts_of(32, 40 if kind == "qwen3" else 60, seed=3)
+            bodies = [
+                {"model": name, "query": f"query number {i} about gravity", "documents": docs}
+                for i in range(16 * rounds)
+            ]
+            clients(srv.url, "/v1/rerank", bodies[:16], 16)
+            seconds, _, errors = clients(srv.url, "/v1/rerank", bodies, 16)
+            record("server", f"{name} pairs/s", round(len(bodies) * len(docs) / seconds))
+            record("server", f"{name} errors", errors)
+            time.sleep(3)
+            record("server", f"{name} GPU memory after, nvidia-smi MB", gpu_memory_mb(srv.proc.pid))
+        finally:
+            record("server", f"{name} exit", srv.stop())
+
+
+# -- the peers, in a process of their own --------------------------------------------------------
+def peers(models: Path, quick: bool) -> None:
+    import torch
+    from sentence_transformers import CrossEncoder, SentenceTransformer
+
+    n = 64 if quick else 512
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    for name, words in (("minilm", 150), ("qwen3-emb", 30)):
+        texts = texts_of(n, words, seed=1)
+        for dtype in (torch.float16, torch.float32):
+            model = SentenceTransformer(str(models / name), device=device, model_kwargs={"torch_dtype": dtype})
+            tokens = sum(len(ids) for ids in model.tokenize(texts)["input_ids"])
+            seconds = timed(lambda m=model, t=texts: m.encode(t, batch_size=32), 3)
+            record("peers", f"{name} sentence-transformers {str(dtype)[6:]} tokens/s", round(tokens / seconds))
+            one = ["what is the capital of france?"]
+            record(
+                "peers",
+                f"{name} sentence-transformers {str(dtype)[6:]} one short text ms",
+                round(timed(lambda m=model, o=one: m.encode(o), 20) * 1000, 2),
+            )
+            del model
+            torch.cuda.empty_cache()
+    docs = texts_of(32, 60, seed=3)
+    pairs = [(f"query number {i} about gravity", d) for i in range(16) for d in docs]
+    ce = CrossEncoder(str(models / "minilm-ce"), device=device, model_kwargs={"torch_dtype": torch.float16})
+    seconds = timed(lambda: ce.predict(pairs, batch_size=32), 3)
+    record("peers", "minilm-ce CrossEncoder fp16 pairs/s", round(len(pairs) / seconds))
+    qwen3_reranker_peer(models / "qwen3-rr", device)
+
+
+def qwen3_reranker_peer(path: Path, device: str) -> None:
+    """The Qwen3-Reranker model card's recipe with transformers, fp16, batches of 32, left padding,
+    last-position logits of "no"/"yes"."""
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import Qwen3ForCausalLM
+
+    from mlx_serve.engine.reranker import DEFAULT_INSTRUCTION, QWEN3_PREFIX, QWEN3_SUFFIX
+
+    tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+    model = Qwen3ForCausalLM.from_pretrained(path, torch_dtype=torch.float16).to(device).eval()
+    no, yes = tok.token_to_id("no"), tok.token_to_id("yes")
+    prefix, suffix = (
+        tok.encode(QWEN3_PREFIX, add_special_tokens=False).ids,
+        tok.encode(QWEN3_SUFFIX, add_special_tokens=False).ids,
+    )
+    docs = texts_of(32, 40, seed=3)
+    seqs = [
+        prefix
+        + tok.encode(
+            f"<Instruct>: {DEFAULT_INSTRUCTION}\n<Query>: query number {i} about gravity\n<Document>: {d}",
+            add_special_tokens=False,
+        ).ids
+        + suffix
+        for i in range(16)
+        for d in docs
+    ]
+
+    def run() -> None:
+        with torch.no_grad():
+            for start in range(0, len(seqs), 32):
+                batch = seqs[start : start + 32]
+                width = max(map(len, batch))
+                ids = torch.tensor([[0] * (width - len(s)) + s for s in batch], device=device)
+                mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in batch], device=device)
+                logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits[:, -1]
+                torch.softmax(logits[:, [no, yes]].float(), dim=-1)[:, 1].cpu()
+
+    seconds = timed(run, 3)
+    record("peers", "qwen3-rr transformers fp16 model-card recipe pairs/s", round(len(seqs) / seconds))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("what", choices=["build", "engine", "server", "peers", "all"])
+    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "mlx-serve-gpu")
+    parser.add_argument("--minilm-files", type=Path, default=None, help="all-MiniLM-L6-v2's config and tokenizer")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--quick", action="store_true", help="fewer texts and rounds")
+    parser.add_argument("--tiny", action="store_true", help="a two-layer Qwen3, to try the script on a CPU")
+    args = parser.parse_args()
+    models, home = args.dir / "models", args.dir / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    minilm_files = args.minilm_files
+    if minilm_files is None:
+        from mlx_serve.store import builtin_model_dir
+
+        minilm_files = builtin_model_dir()
+    steps = ["build", "engine", "server", "peers"] if args.what == "all" else [args.what]
+    for step in steps:
+        log(f"== {step}")
+        started = time.perf_counter()
+        try:
+            if step == "build":
+                build(models, minilm_files, args.tiny)
+                pull_all(models, home)
+            elif step == "engine":
+                engine(home, args.quick)
+            elif step == "server":
+                server(home, args.quick)
+            else:  # in a process of its own: PyTorch never shares one with MLX
+                subprocess.run([sys.executable, __file__, "peers-inner", str(models), str(args.quick)], check=False)
+                peer_out = models.parent / "peers.json"
+                if peer_out.exists():
+                    RESULTS["peers"] = json.loads(peer_out.read_text())
+        except Exception as exc:
+            import traceback
+
+            traceback.print_exc()
+            RESULTS.setdefault("failures", {})[step] = repr(exc)
+        log(f"== {step} took {time.perf_counter() - started:.0f} s")
+        if args.out:
+            args.out.write_text(json.dumps(RESULTS, indent=2))
+    log(json.dumps(RESULTS, indent=2))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "peers-inner":
+        peers(Path(sys.argv[2]), sys.argv[3] == "True")
+        (Path(sys.argv[2]).parent / "peers.json").write_text(json.dumps(RESULTS.get("peers", {})))
+    else:
+        main()
