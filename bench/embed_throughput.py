@@ -15,6 +15,7 @@ from collections.abc import Callable
 import mlx_serve  # noqa: F401  (loads the fast BLAS before MLX)
 from mlx_serve import blas
 from mlx_serve.engine import load_embedder
+from mlx_serve.runtime import batch_tokens
 from mlx_serve.settings import load_settings
 from mlx_serve.store import builtin_model_dir
 from peer import peer_seconds
@@ -74,7 +75,7 @@ def main() -> None:
     texts = make_texts(args.texts, args.words)
     short = ["what is the capital of france?"]
 
-    budget = load_settings().settings.max_batch_tokens  # what the server would use
+    budget = batch_tokens(load_settings().settings.max_batch_tokens)  # what the server would use
     mlx_model = load_embedder("all-MiniLM-L6-v2", model_dir)
     tokens = sum(mlx_model.embed(texts, budget).token_counts)
     mlx_batch = median_seconds(lambda: mlx_model.embed(texts, budget), args.repeats)

@@ -83,7 +83,7 @@ class Runtime:
         self.store = store
         self.metrics = metrics
         self.scheduler = Scheduler(
-            settings.max_batch_tokens, settings.max_queued_requests, metrics, on_idle=memory.release_cache
+            batch_tokens(settings.max_batch_tokens), settings.max_queued_requests, metrics, on_idle=memory.release_cache
         )
         self.cache = ModelCache(
             {"embedding": settings.cache_max_embedding_models, "reranker": settings.cache_max_reranker_models},
@@ -278,6 +278,14 @@ class Runtime:
         """Let queued and running work finish, then stop the inference thread."""
         self.cache.close()
         self.scheduler.close()
+
+
+def batch_tokens(setting: int | None) -> int:
+    """The token budget of a forward pass: the setting, or for auto 16384 on a GPU (where a bigger batch
+    costs little more time) and 4096 on a CPU (where 4096 was faster than 16384)."""
+    if setting is not None:
+        return setting
+    return 16384 if mx.default_device() == mx.gpu else 4096
 
 
 def _release_memory() -> None:

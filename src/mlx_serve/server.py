@@ -78,6 +78,10 @@ class Server(BaseApplication):
 
         configure(self.settings.log_level, self.settings.log_format)
         log = get_logger("mlx_serve.server")
+        # The inference thread gives the GIL up while the device works and wants it back at once to queue
+        # the next batch; with 64 request threads parsing and tokenizing, the default 5 ms switch
+        # interval kept it waiting that long each time.
+        sys.setswitchinterval(0.001)
         if blas.STATUS.needs_warning:
             log.warning("slow_blas", hint=blas.HINT)
         kernels = jit.enable()  # before any model compiles a kernel

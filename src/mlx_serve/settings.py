@@ -61,7 +61,7 @@ class Settings(BaseModel):
     mlx_cache_limit: int | None
     mlx_memory_limit: int | None
     dtype: Literal["auto", "float32", "float16", "bfloat16"]
-    max_batch_tokens: int = Field(ge=64)
+    max_batch_tokens: int | None = Field(ge=64)  # None: auto, chosen for the device
     max_inputs_per_request: int = Field(ge=1)
     max_request_bytes: int = Field(ge=1024)
     request_timeout: float = Field(gt=0)
@@ -89,6 +89,11 @@ class Settings(BaseModel):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @field_validator("max_batch_tokens", mode="before")
+    @classmethod
+    def _auto(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.strip().lower() == "auto" else value
 
     @field_validator("mlx_cache_limit", "mlx_memory_limit", mode="before")
     @classmethod

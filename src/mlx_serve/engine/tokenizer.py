@@ -99,7 +99,10 @@ class TextTokenizer:
         texts = [(i, x, self.bounded(x)) for i, x in enumerate(inputs) if isinstance(x, str)]
         if texts:
             tok = self._cut if truncate else self._full
-            for (i, text, cut), enc in zip(texts, tok.encode_batch([c for _, _, c in texts]), strict=True):
+            # One text: `encode`, since encode_batch hands even one text to a thread pool.
+            cuts = [c for _, _, c in texts]
+            encodings = [tok.encode(cuts[0])] if len(cuts) == 1 else tok.encode_batch(cuts)
+            for (i, text, cut), enc in zip(texts, encodings, strict=True):
                 if len(enc.ids) > self.max_length:
                     raise too_long(i, len(enc.ids), self.max_length, at_least=cut is not text)
                 out[i] = Seq(enc.ids)
