@@ -181,27 +181,33 @@ class Worker(ThreadWorker):
         conn.sock.setblocking(False)
         state = Reading(time.monotonic() + self.client_timeout, bytearray(leftover))
         self._reading[conn] = state
-        if leftover and self._advance(conn, state):
+        # A kept-alive connection comes here because the poller saw it readable, and a new one often has
+        # its request waiting already: read at once, and a whole request never waits for another turn
+        # of the event loop.
+        if self._receive(conn, state):
             return
         self.poller.register(conn.sock, selectors.EVENT_READ, lambda _sock, c=conn: self._on_readable(c))
 
     def _on_readable(self, conn: Any) -> None:
         state = self._reading.get(conn)
-        if state is None:
-            return
+        if state is not None:
+            self._receive(conn, state)
+
+    def _receive(self, conn: Any, state: Reading) -> bool:
+        """Read what has arrived; True when the connection has left reading (handed over or closed)."""
         try:
             data = conn.sock.recv(256 * 1024)
         except (BlockingIOError, InterruptedError):
-            return
+            return bool(state.buf) and self._advance(conn, state)  # nothing new; a leftover may be whole
         except OSError:
             data = b""
         if not data:  # the client went away
             self._close(conn)
-            return
+            return True
         if state.draining:
-            return
+            return False
         state.buf += data
-        self._advance(conn, state)
+        return self._advance(conn, state)
 
     def _advance(self, conn: Any, state: Reading) -> bool:
         """Hand a complete request to a thread, refuse a bad one; True when the connection left reading."""
