@@ -110,7 +110,8 @@ def build(models: Path, minilm_files: Path, tiny: bool) -> None:
         path = models / name
         if (path / "model.safetensors").exists():
             continue
-        cfg = BertConfig.from_dict({**config.to_dict(), "num_labels": 1})
+        labels = {"num_labels": 1, "id2label": {0: "LABEL_0"}, "label2id": {"LABEL_0": 0}}
+        cfg = BertConfig.from_dict({**config.to_dict(), **labels})
         model = cls(cfg).eval()
         model.save_pretrained(path, safe_serialization=True)
         for file in MINILM_FILES:
