@@ -85,11 +85,31 @@ def test_top_n_return_documents_and_document_objects(api) -> None:
     assert len(rerank(client, model="ce", top_n=99).json["results"]) == len(DOCS)
 
 
-def test_rerank_alias_path(api) -> None:
+def test_rerank_at_root_is_infinitys_shape(api) -> None:
+    """/rerank ranks as /v1/rerank does, and returns documents as plain strings (Infinity's shape, which
+    litellm's `infinity/` provider reads); /v1/rerank returns them as objects (Jina's and Cohere's)."""
     client, _ = api
-    aliased = client.simulate_post("/rerank", json={"model": "ce", "query": "q", "documents": DOCS})
-    direct = client.simulate_post("/v1/rerank", json={"model": "ce", "query": "q", "documents": DOCS})
-    assert aliased.status_code == 200 and aliased.json["results"] == direct.json["results"]
+    body = {"model": "ce", "query": "q", "documents": DOCS, "return_documents": True}
+    infinity = client.simulate_post("/rerank", json=body).json["results"]
+    jina = client.simulate_post("/v1/rerank", json=body).json["results"]
+    assert [(r["index"], r["relevance_score"]) for r in infinity] == [(r["index"], r["relevance_score"]) for r in jina]
+    assert [r["document"] for r in infinity] == [DOCS[r["index"]] for r in infinity]
+    assert [r["document"] for r in jina] == [{"text": DOCS[r["index"]]} for r in jina]
+
+
+def test_object_documents_rank_their_rank_fields_and_come_back_whole(api) -> None:
+    client, _ = api
+    docs = [{"title": d.split()[0], "body": d, "id": i} for i, d in enumerate(DOCS)]
+    ranked = rerank(client, model="ce", documents=docs, rank_fields=["title", "body"], return_documents=True).json
+    as_text = rerank(client, model="ce", documents=[f"title: {d['title']}\nbody: {d['body']}" for d in docs]).json
+    assert [(r["index"], r["relevance_score"]) for r in ranked["results"]] == [
+        (r["index"], r["relevance_score"]) for r in as_text["results"]
+    ]
+    assert [r["document"] for r in ranked["results"]] == [docs[r["index"]] for r in ranked["results"]]
+    missing = rerank(client, model="ce", documents=[{"title": "x"}])
+    assert missing.status_code == 400 and "rank_fields" in missing.json["error"]["message"]
+    none = rerank(client, model="ce", documents=[{"title": "x"}], rank_fields=["body"])
+    assert none.status_code == 400 and none.json["error"]["param"] == "documents"
 
 
 def test_text_output_follows_the_threshold_at_its_boundary(api) -> None:

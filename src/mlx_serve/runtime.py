@@ -22,11 +22,13 @@ from mlx_serve import memory, pull
 from mlx_serve.cache import LoadedModel, ModelCache
 from mlx_serve.engine import Embedder, Embeddings, InputError, Reranker, Seq, load_model, truncate_dimensions
 from mlx_serve.engine.reranker import EmbeddingRanker
+from mlx_serve.engine.tokenizer import Truncation
 from mlx_serve.logs import get_logger
 from mlx_serve.metrics import Metrics
 from mlx_serve.scheduler import InputsTooLarge, Job, QueueFull, Scheduler
 from mlx_serve.settings import Settings
 from mlx_serve.store import ModelEntry, ModelStore
+from mlx_serve.token_arrays import Cl100kDecoder, resolve
 
 log = get_logger("mlx_serve.runtime")
 InputType = Literal["query", "document"]
@@ -82,6 +84,7 @@ class Runtime:
         self.settings = settings
         self.store = store
         self.metrics = metrics
+        self.cl100k = Cl100kDecoder()
         self.scheduler = Scheduler(
             batch_tokens(settings.max_batch_tokens), settings.max_queued_requests, metrics, on_idle=memory.release_cache
         )
@@ -196,7 +199,7 @@ class Runtime:
         dimensions: int | None = None,
         instruction: str | None = None,
         input_type: InputType | None = None,
-        truncate: bool | None = None,
+        truncate: bool | Truncation | None = None,
         keep_alive: float | None = None,
     ) -> EmbedResult:
         entry = self.entry(name)
@@ -206,6 +209,7 @@ class Runtime:
         if input_type == "document" and instruction:
             raise InvalidRequest("an instruction applies to queries, not to input_type 'document'", "instruction")
         truncate = self.settings.auto_truncate if truncate is None else truncate
+        inputs = resolve(inputs, self.settings.token_arrays, self.cl100k)
         counts: list[int] = []
 
         def prepare(model: Embedder) -> list[Seq]:
@@ -233,6 +237,7 @@ class Runtime:
         *,
         instruction: str | None = None,
         truncate: bool | None = None,
+        max_tokens_per_doc: int | None = None,
         keep_alive: float | None = None,
     ) -> RerankResult:
         entry = self.entry(name)
@@ -244,7 +249,10 @@ class Runtime:
             return EmbeddingRanker(model) if isinstance(model, Embedder) else model
 
         def prepare(model: Embedder | Reranker) -> list[Seq]:
-            seqs = ranker(model).tokenize(query, documents, instruction, truncate)
+            docs = documents
+            if max_tokens_per_doc is not None:
+                docs = [model.tokenizer.head(d, max_tokens_per_doc) for d in documents]
+            seqs = ranker(model).tokenize(query, docs, instruction, truncate)
             counts.extend(len(s) for s in seqs)
             return seqs
 

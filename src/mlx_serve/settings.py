@@ -67,6 +67,7 @@ class Settings(BaseModel):
     request_timeout: float = Field(gt=0)
     max_queued_requests: int = Field(ge=1)
     auto_truncate: bool
+    token_arrays: Literal["cl100k", "model", "reject"]
     pull_timeout: float = Field(gt=0)
     model_instructions: dict[str, str]
     model_aliases: dict[str, str]

@@ -10,7 +10,7 @@ import numpy as np
 
 from mlx_serve.engine.batching import BatchRunner, Seq
 from mlx_serve.engine.pooling import PoolingConfig, l2_normalize, pool
-from mlx_serve.engine.tokenizer import Input, TextTokenizer
+from mlx_serve.engine.tokenizer import Input, TextTokenizer, Truncation
 
 # (ids, mask, padded) -> hidden states (B, L, D)
 Forward = Callable[[mx.array, mx.array, bool], mx.array]
@@ -73,7 +73,9 @@ class Embedder:
             self.query_template.format(instruction=instruction, text=x) if isinstance(x, str) else x for x in inputs
         ]
 
-    def tokenize(self, inputs: Sequence[Input], instruction: str | None = None, truncate: bool = True) -> list[Seq]:
+    def tokenize(
+        self, inputs: Sequence[Input], instruction: str | None = None, truncate: bool | Truncation = True
+    ) -> list[Seq]:
         return self.tokenizer.encode(self.apply_instruction(inputs, instruction), truncate)
 
     def run(self, seqs: Sequence[Seq], max_batch_tokens: int) -> np.ndarray:

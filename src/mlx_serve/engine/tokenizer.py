@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from tokenizers import Tokenizer
 
@@ -27,6 +29,21 @@ def too_long(index: int, tokens: int, limit: int, at_least: bool = False) -> Inp
         f"input[{index}] has {count} tokens, over the model's maximum of {limit}; "
         "shorten it or allow truncation (truncate: true)",
     )
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """How inputs over a length are cut: `side` "end" keeps their start (the usual), "start" keeps their
+    end (Cohere's `truncate: START`); `max_tokens` lowers the model's maximum for one request (special
+    tokens included). Not `enabled`: an input over the length is an error naming it."""
+
+    enabled: bool = True
+    side: Literal["end", "start"] = "end"
+    max_tokens: int | None = None
+
+
+def as_truncation(value: bool | Truncation) -> Truncation:
+    return value if isinstance(value, Truncation) else Truncation(enabled=value)
 
 
 # A first cut of a long text, in characters per token of the model's maximum length: generous, since a
@@ -92,21 +109,22 @@ class TextTokenizer:
         """Ids without special tokens or truncation (for prompts assembled by hand)."""
         return self._full.encode(text, add_special_tokens=False).ids
 
-    def encode(self, inputs: Sequence[Input], truncate: bool = True) -> list[Seq]:
+    def encode(self, inputs: Sequence[Input], truncate: bool | Truncation = True) -> list[Seq]:
         """One sequence per input, in order. Raises InputError for bad token ids, or (without truncation)
-        for an input over the max length."""
+        for an input over the max length.
+
+        Token arrays are the content of a text and get the model's special tokens around them, unless they
+        already hold them (an array made by the model's own tokenizer with its defaults)."""
+        cut = as_truncation(truncate)
+        limit = min(cut.max_tokens or self.max_length, self.max_length)
         out: list[Seq | None] = [None] * len(inputs)
-        texts = [(i, x, self.bounded(x)) for i, x in enumerate(inputs) if isinstance(x, str)]
-        if texts:
-            tok = self._cut if truncate else self._full
-            # One text: `encode`, since encode_batch hands even one text to a thread pool.
-            cuts = [c for _, _, c in texts]
-            encodings = [tok.encode(cuts[0])] if len(cuts) == 1 else tok.encode_batch(cuts)
-            for (i, text, cut), enc in zip(texts, encodings, strict=True):
-                if len(enc.ids) > self.max_length:
-                    raise too_long(i, len(enc.ids), self.max_length, at_least=cut is not text)
-                out[i] = Seq(enc.ids)
-        room = self.max_length - len(self.prefix) - len(self.suffix)
+        texts = [(i, x) for i, x in enumerate(inputs) if isinstance(x, str)]
+        if texts and cut.side == "end" and limit == self.max_length:
+            self._encode_texts(texts, cut.enabled, out)
+        for i, x in texts:  # the other cuts: the text's content ids, cut below as an array's are
+            if out[i] is None:
+                part = self.bounded(x) if cut.side == "end" else x[-self.max_length * MAX_CHARS_PER_TOKEN :]
+                out[i] = self._framed(i, self.raw(part), cut, limit, at_least=part != x)
         for i, x in enumerate(inputs):
             if out[i] is None:
                 ids = list(x)
@@ -115,10 +133,44 @@ class TextTokenizer:
                     raise InputError(
                         i, f"input[{i}] holds token id {bad}, outside the vocabulary (0-{self.vocab_size - 1})"
                     )
-                if len(ids) > room and not truncate:
-                    raise too_long(i, len(ids) + len(self.prefix) + len(self.suffix), self.max_length)
-                out[i] = Seq(self.prefix + ids[:room] + self.suffix)
+                if self._is_framed(ids):
+                    ids = ids[len(self.prefix) : len(ids) - len(self.suffix)]
+                out[i] = self._framed(i, ids, cut, limit)
         return out  # type: ignore[return-value]
+
+    def _encode_texts(self, texts: list[tuple[int, str]], truncate: bool, out: list[Seq | None]) -> None:
+        tok = self._cut if truncate else self._full
+        cuts = [self.bounded(x) for _, x in texts]
+        # One text: `encode`, since encode_batch hands even one text to a thread pool.
+        encodings = [tok.encode(cuts[0])] if len(cuts) == 1 else tok.encode_batch(cuts)
+        for (i, text), part, enc in zip(texts, cuts, encodings, strict=True):
+            if len(enc.ids) > self.max_length:
+                raise too_long(i, len(enc.ids), self.max_length, at_least=part is not text)
+            out[i] = Seq(enc.ids)
+
+    def _is_framed(self, ids: list[int]) -> bool:
+        ends = len(self.prefix) + len(self.suffix)
+        return (
+            ends > 0
+            and len(ids) >= ends
+            and ids[: len(self.prefix)] == self.prefix
+            and ids[len(ids) - len(self.suffix) :] == self.suffix
+        )
+
+    def _framed(self, index: int, content: list[int], cut: Truncation, limit: int, at_least: bool = False) -> Seq:
+        """Content ids within the model's special tokens, cut to `limit` tokens in all."""
+        room = max(limit - len(self.prefix) - len(self.suffix), 1)
+        if len(content) > room:
+            if not cut.enabled:
+                raise too_long(index, len(content) + len(self.prefix) + len(self.suffix), limit, at_least)
+            content = content[:room] if cut.side == "end" else content[len(content) - room :]
+        return Seq(self.prefix + content + self.suffix)
+
+    def head(self, text: str, max_tokens: int) -> str:
+        """The start of `text` that holds its first `max_tokens` tokens (Cohere's `max_tokens_per_doc`)."""
+        part = self.bounded(text)
+        offsets = self._full.encode(part, add_special_tokens=False).offsets
+        return text if len(offsets) <= max_tokens else text[: offsets[max_tokens - 1][1]]
 
     def encode_pairs(self, pairs: Sequence[tuple[str, str]], truncate: bool = True) -> list[Seq]:
         """Sentence pairs with segment ids, as cross-encoders take them ([CLS] a [SEP] b [SEP])."""

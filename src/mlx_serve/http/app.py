@@ -13,10 +13,11 @@ from mlx_serve import __version__
 from mlx_serve.http import errors, openapi
 from mlx_serve.http.middleware import RequestLog
 from mlx_serve.http.resources.cache import PsResource, UnloadResource
+from mlx_serve.http.resources.cohere import CohereEmbedResource, CohereRerankResource
 from mlx_serve.http.resources.embeddings import EmbeddingsResource
 from mlx_serve.http.resources.health import HealthResource
 from mlx_serve.http.resources.metrics import MetricsResource
-from mlx_serve.http.resources.models import ModelsResource
+from mlx_serve.http.resources.models import ModelResource, ModelsResource
 from mlx_serve.http.resources.openapi import OpenApiResource
 from mlx_serve.http.resources.rerank import RerankResource
 from mlx_serve.http.resources.store import DeleteResource, PullResource, ShowResource, TagsResource
@@ -49,17 +50,21 @@ def create_app(settings: Settings, runtime: Runtime, metrics: Metrics) -> falcon
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = JSON_RESPONSES
     errors.install(app)
     limit = settings.max_request_bytes
-    embeddings = EmbeddingsResource(runtime, limit, settings.max_inputs_per_request)
-    rerank = RerankResource(runtime, limit, settings.max_inputs_per_request)
+    inputs = settings.max_inputs_per_request
+    embeddings = EmbeddingsResource(runtime, limit, inputs)
     document = openapi.document(
         __version__, api_key=settings.resolved_api_key() is not None, metrics_public=settings.metrics_public
     )
     routes: dict[str, object] = {
         "/v1/embeddings": embeddings,
         "/embeddings": embeddings,
-        "/v1/rerank": rerank,
-        "/rerank": rerank,
+        "/v1/rerank": RerankResource(runtime, limit, inputs, documents_as_text=False),
+        "/rerank": RerankResource(runtime, limit, inputs, documents_as_text=True),
+        "/v1/embed": CohereEmbedResource(runtime, limit, inputs, version="1"),
+        "/v2/embed": CohereEmbedResource(runtime, limit, inputs),
+        "/v2/rerank": CohereRerankResource(runtime, limit, inputs),
         "/v1/models": ModelsResource(runtime),
+        "/v1/models/{model_id:path}": ModelResource(runtime),
         "/api/ps": PsResource(runtime),
         "/api/tags": TagsResource(runtime),
         "/api/show": ShowResource(runtime, limit),

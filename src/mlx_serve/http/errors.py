@@ -1,4 +1,5 @@
-"""Errors in OpenAI's shape, `{"error": {"message", "type", "code", "param"}}`, for every failure path."""
+"""Errors in OpenAI's shape, `{"error": {"message", "type", "code", "param"}}`, for every failure path; on
+Cohere's routes (/v2/..., /v1/embed) in Cohere's, `{"id", "message"}`."""
 
 from __future__ import annotations
 
@@ -36,8 +37,14 @@ class ApiError(Exception):
         self.headers: dict[str, str] = {}
         self.error_type = error_type or _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
 
-    def body(self) -> dict[str, Any]:
+    def body(self, path: str = "", request_id: str = "") -> dict[str, Any]:
+        if is_cohere_route(path):
+            return {"id": request_id, "message": self.message}
         return {"error": {"message": self.message, "type": self.error_type, "code": self.code, "param": self.param}}
+
+
+def is_cohere_route(path: str) -> bool:
+    return path.startswith("/v2/") or path.rstrip("/") == "/v1/embed"
 
 
 def bad_request(message: str, code: str = "invalid_request", param: str | None = None) -> ApiError:
@@ -74,15 +81,15 @@ def runtime_errors(model: str, inputs_param: str | None = None, not_found_param:
         raise ApiError(507, message, "out_of_memory", param, error_type="server_error") from None
 
 
-def _send(resp: falcon.Response, error: ApiError) -> None:
+def _send(req: falcon.Request, resp: falcon.Response, error: ApiError) -> None:
     resp.status = error.status
-    resp.media = error.body()
+    resp.media = error.body(req.path, getattr(req.context, "request_id", ""))
     for name, value in error.headers.items():
         resp.set_header(name, value)
 
 
 def handle_api_error(req: falcon.Request, resp: falcon.Response, ex: ApiError, params: dict) -> None:
-    _send(resp, ex)
+    _send(req, resp, ex)
 
 
 def handle_http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError, params: dict) -> None:
@@ -96,7 +103,7 @@ def handle_http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTT
     else:
         code = "".join(c if c.isalnum() else "_" for c in (ex.title or "error").lower()).strip("_0123456789")
         error = ApiError(ex.status_code, ex.description or ex.title or "error", code or "error")
-    _send(resp, error)
+    _send(req, resp, error)
     for name, value in headers.items():
         resp.set_header(name, value)
 
@@ -106,7 +113,9 @@ def handle_unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception,
     get_logger().exception("unhandled_error", path=req.path)
     rid = getattr(req.context, "request_id", "")
     _send(
-        resp, ApiError(500, f"Internal server error (request id {rid}).", "internal_error", error_type="server_error")
+        req,
+        resp,
+        ApiError(500, f"Internal server error (request id {rid}).", "internal_error", error_type="server_error"),
     )
 
 

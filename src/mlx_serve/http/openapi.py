@@ -34,6 +34,7 @@ class Operation:
     media_type: str = "application/json"  # of the 200 answer
     errors: tuple[int, ...] = (400, 404)
     public: bool = False  # reachable without the API key
+    error: type[BaseModel] = s.ErrorResponse  # the error shape: OpenAI's, or Cohere's on its routes
 
 
 OPERATIONS = (
@@ -48,12 +49,31 @@ OPERATIONS = (
     Operation(
         "post",
         ("/v1/rerank", "/rerank"),
-        "Rank documents by relevance to a query (Jina's and Cohere's v1 API)",
+        "Rank documents by relevance to a query (Jina's and Cohere's v1 API at /v1/rerank, Infinity's at /rerank)",
         s.RerankRequest,
         s.RerankResponse,
         errors=(400, 404, 413, 503),
     ),
+    Operation(
+        "post",
+        ("/v2/embed", "/v1/embed"),
+        "Embed texts (Cohere's v2 API; v1 at /v1/embed), as floats, int8, uint8, binary, ubinary or base64",
+        s.CohereEmbedRequest,
+        s.CohereEmbedResponse,
+        errors=(400, 404, 413, 503),
+        error=s.CohereError,
+    ),
+    Operation(
+        "post",
+        ("/v2/rerank",),
+        "Rank documents by relevance to a query (Cohere's v2 API)",
+        s.CohereRerankRequest,
+        s.CohereRerankResponse,
+        errors=(400, 404, 413, 503),
+        error=s.CohereError,
+    ),
     Operation("get", ("/v1/models",), "The models this server can serve", response=s.ModelList, errors=()),
+    Operation("get", ("/v1/models/{model_id}",), "One model (OpenAI's API)", response=s.ModelCard, errors=(404,)),
     Operation("get", ("/api/tags",), "The stored models (Ollama's API)", response=s.TagsResponse, errors=()),
     Operation("post", ("/api/show",), "One model's details", s.NameRequest, s.ModelDetails),
     Operation(
@@ -83,7 +103,7 @@ OPERATIONS = (
 
 def document(version: str, *, api_key: bool, metrics_public: bool) -> dict[str, Any]:
     requests = {op.request for op in OPERATIONS if op.request}
-    responses = {op.response for op in OPERATIONS if op.response} | {s.ErrorResponse}
+    responses = {op.response for op in OPERATIONS if op.response} | {op.error for op in OPERATIONS}
     keys = [(m, "validation") for m in sorted(requests, key=lambda m: m.__name__)]
     keys += [(m, "serialization") for m in sorted(responses, key=lambda m: m.__name__)]
     refs, defs = models_json_schema(keys, ref_template="#/components/schemas/{model}")
@@ -110,6 +130,9 @@ def document(version: str, *, api_key: bool, metrics_public: bool) -> dict[str, 
 
 def _operation(op: Operation, refs: dict, needs_key: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"summary": op.summary, "responses": {}}
+    names = [part[1:-1] for path in op.paths[:1] for part in path.split("/") if part.startswith("{")]
+    if names:
+        out["parameters"] = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in names]
     if op.request is not None:
         schema = refs[(op.request, "validation")]
         out["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
@@ -122,7 +145,7 @@ def _operation(op: Operation, refs: dict, needs_key: bool) -> dict[str, Any]:
     out["responses"]["200"] = {"description": "OK", "content": {op.media_type: ok}}
     if op.media_type == "application/x-ndjson":  # `"stream": false` answers once, in JSON
         out["responses"]["200"]["content"]["application/json"] = {"schema": refs[(op.response, "serialization")]}
-    error = {"content": {"application/json": {"schema": refs[(s.ErrorResponse, "serialization")]}}}
+    error = {"content": {"application/json": {"schema": refs[(op.error, "serialization")]}}}
     codes = set(op.errors) | {403, 408}  # any request can meet the browser and Host checks, and the deadline
     if op.request is not None:
         codes |= {400, 413}

