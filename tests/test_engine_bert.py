@@ -1,4 +1,5 @@
-"""The MLX BERT encoder against sentence-transformers (PyTorch) on the real all-MiniLM-L6-v2."""
+"""The MLX BERT encoder against sentence-transformers (PyTorch) on the real all-MiniLM-L6-v2: in float32,
+and in the half precisions a GPU runs it in (MLX runs them on a CPU too), against the float32 reference."""
 
 from __future__ import annotations
 
@@ -14,16 +15,25 @@ from mlx_serve.engine.batching import split_evenly
 from .conftest import MINILM_TEXTS as TEXTS
 from .conftest import cosine
 
+# The least cosine to the float32 reference each compute dtype must reach (bfloat16 keeps 8 bits of mantissa).
+MIN_COSINE = {"float32": 0.9999, "float16": 0.9999, "bfloat16": 0.999}
+
 
 @pytest.fixture(scope="module")
 def embedder(minilm_dir: Path):
     return load_embedder("all-MiniLM-L6-v2", minilm_dir)
 
 
-def test_matches_sentence_transformers_on_every_text(embedder, minilm_reference) -> None:
+@pytest.fixture(scope="module", params=list(MIN_COSINE))
+def any_dtype(request, minilm_dir: Path):
+    return request.param, load_embedder("all-MiniLM-L6-v2", minilm_dir, dtype=request.param)
+
+
+def test_matches_sentence_transformers_on_every_text(any_dtype, minilm_reference) -> None:
+    dtype, embedder = any_dtype
     out = embedder.embed(TEXTS, max_batch_tokens=16384)
     sims = cosine(out.vectors, minilm_reference)
-    assert sims.min() >= 0.9999, dict(zip(TEXTS, sims, strict=True))
+    assert sims.min() >= MIN_COSINE[dtype], dict(zip(TEXTS, sims, strict=True))
     # all-MiniLM-L6-v2 ends in a Normalize module: unit vectors, like the reference.
     np.testing.assert_allclose(np.linalg.norm(out.vectors, axis=1), 1.0, atol=1e-5)
 
@@ -34,10 +44,29 @@ def test_texts_over_the_max_length_are_truncated(embedder) -> None:
     assert out.token_counts[1] == 3  # [CLS] short [SEP]
 
 
-def test_padded_batches_equal_each_text_alone(embedder) -> None:
+def test_padded_batches_equal_each_text_alone(any_dtype) -> None:
+    dtype, embedder = any_dtype
     together = embedder.embed(TEXTS, max_batch_tokens=1 << 20).vectors
     alone = np.stack([embedder.embed([t], max_batch_tokens=1 << 20).vectors[0] for t in TEXTS])
-    np.testing.assert_allclose(together, alone, atol=1e-5)
+    np.testing.assert_allclose(together, alone, atol=1e-5 if dtype == "float32" else 1e-3)
+
+
+@pytest.mark.parametrize("mode", ["mean", "cls", "last", "max"])
+def test_a_float16_vector_of_norm_10000_comes_back_unit_length(mode) -> None:
+    """In float16 the square of a norm past 256 overflows (65504 is its largest value): normalised there,
+    such a vector came back as all zeros with status 200. Pooling and normalisation run in float32."""
+    import mlx.core as mx
+
+    from mlx_serve.engine.pooling import l2_normalize, pool
+
+    value = 10_000 / np.sqrt(384)  # each value fits float16 easily; the norm is 10,000
+    hidden = mx.full((2, 5, 384), value, dtype=mx.float16)
+    mask = mx.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    pooled = pool(hidden, mask, mode)
+    np.testing.assert_allclose(np.linalg.norm(np.array(pooled), axis=1), 10_000, rtol=1e-3)
+    out = np.array(l2_normalize(pooled))
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(out, 1 / np.sqrt(384), rtol=1e-3)
 
 
 def test_small_token_budget_splits_batches_without_changing_results(embedder) -> None:

@@ -1,5 +1,6 @@
 """Decoder embeddings and rerankers against transformers on PyTorch, on tiny random models in the real
-Hugging Face layout, loaded through mlx-serve's real loading code."""
+Hugging Face layout, loaded through mlx-serve's real loading code; in float32 and in the half precisions
+a GPU runs them in (MLX runs those on a CPU too), against the float32 reference."""
 
 from __future__ import annotations
 
@@ -23,6 +24,12 @@ TEXTS = [
 ]
 
 
+# How far a half-precision run may be from the float32 reference: float16 keeps 11 bits of mantissa,
+# bfloat16 8.
+TOLERANCE = {"float32": 1e-4, "float16": 3e-3, "bfloat16": 2e-2}
+DTYPES = pytest.mark.parametrize("dtype", list(TOLERANCE))
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny")
@@ -40,12 +47,13 @@ def hf_tokenizer(path: Path):
     return Tokenizer.from_file(str(path / "tokenizer.json"))
 
 
-def test_qwen3_embeddings_match_transformers(models) -> None:
+@DTYPES
+def test_qwen3_embeddings_match_transformers(models, dtype) -> None:
     import torch
     from transformers import Qwen3Model
 
     path = models["qwen3-embedding"]
-    ours = load_model("e", path, type="embedding")
+    ours = load_model("e", path, type="embedding", dtype=dtype)
     # Queries carry the instruction, as the model card writes them.
     query = QWEN3_QUERY_TEMPLATE.format(instruction=DEFAULT_INSTRUCTION, text="What is the capital of China?")
     got = np.concatenate(
@@ -64,28 +72,31 @@ def test_qwen3_embeddings_match_transformers(models) -> None:
         with torch.no_grad():
             hidden = ref_model(torch.tensor([ids])).last_hidden_state[0, -1]
         expected.append(torch.nn.functional.normalize(hidden, dim=-1).numpy())
-    np.testing.assert_allclose(got, np.stack(expected), atol=1e-4)
+    np.testing.assert_allclose(got, np.stack(expected), atol=TOLERANCE[dtype])
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)  # normalised in float32
 
 
-def test_a_padded_batch_equals_each_text_alone(models) -> None:
+@DTYPES
+def test_a_padded_batch_equals_each_text_alone(models, dtype) -> None:
     for name, kind in (("qwen3-embedding", "embedding"), ("cross-encoder", "reranker"), ("qwen3-reranker", "reranker")):
-        model = load_model(name, models[name], type=kind)
+        model = load_model(name, models[name], type=kind, dtype=dtype)
         if kind == "embedding":
             together = model.embed(TEXTS, 1 << 20).vectors
             alone = np.stack([model.embed([t], 1 << 20).vectors[0] for t in TEXTS])
         else:
             together = model.rerank("What is the capital of China?", TEXTS, 1 << 20).values
             alone = np.array([model.rerank("What is the capital of China?", [t], 1 << 20).values[0] for t in TEXTS])
-        np.testing.assert_allclose(together, alone, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(together, alone, atol=1e-5 if dtype == "float32" else 1e-3, err_msg=name)
 
 
+@DTYPES
 @pytest.mark.parametrize("name", ["qwen3-reranker", "qwen3-reranker-untied"])
-def test_qwen3_reranker_p_yes_matches_transformers(models, name) -> None:
+def test_qwen3_reranker_p_yes_matches_transformers(models, name, dtype) -> None:
     import torch
     from transformers import Qwen3ForCausalLM
 
     path = models[name]
-    ours = load_model(name, path, type="reranker")
+    ours = load_model(name, path, type="reranker", dtype=dtype)
     query = "What is the capital of China?"
     got = ours.rerank(query, TEXTS, 4096).values
 
@@ -103,7 +114,7 @@ def test_qwen3_reranker_p_yes_matches_transformers(models, name) -> None:
         with torch.no_grad():
             logits = ref_model(torch.tensor([ids])).logits[0, -1]
         expected.append(torch.softmax(torch.stack([logits[no], logits[yes]]), dim=0)[1].item())
-    np.testing.assert_allclose(got, expected, atol=1e-4)
+    np.testing.assert_allclose(got, expected, atol=TOLERANCE[dtype])
     assert np.ptp(got) > 1e-3, "scores should differ between documents"
 
 
@@ -114,12 +125,13 @@ def test_qwen3_reranker_instruction_changes_scores(models) -> None:
     assert not np.allclose(default, custom)
 
 
-def test_cross_encoder_matches_bert_for_sequence_classification(models) -> None:
+@DTYPES
+def test_cross_encoder_matches_bert_for_sequence_classification(models, dtype) -> None:
     import torch
     from transformers import BertForSequenceClassification
 
     path = models["cross-encoder"]
-    ours = load_model("ce", path, type="reranker")
+    ours = load_model("ce", path, type="reranker", dtype=dtype)
     query = "What is the capital of China?"
     got = ours.rerank(query, TEXTS, 4096).values
 
@@ -131,7 +143,7 @@ def test_cross_encoder_matches_bert_for_sequence_classification(models) -> None:
         with torch.no_grad():
             logit = ref(input_ids=torch.tensor([enc.ids]), token_type_ids=torch.tensor([enc.type_ids])).logits[0, 0]
         expected.append(torch.sigmoid(logit).item())
-    np.testing.assert_allclose(got, expected, atol=1e-4)
+    np.testing.assert_allclose(got, expected, atol=TOLERANCE[dtype])
 
 
 def test_truncation_off_names_the_input_and_its_length(models) -> None:

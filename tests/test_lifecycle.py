@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from mlx_serve import lifecycle
 from mlx_serve.lifecycle import PidRecord, pid_file
 
 from .conftest import MINILM, free_port, run_cli
@@ -56,7 +58,7 @@ def test_start_status_refuse_second_start_stop(home: Path, cleanup) -> None:
     assert (state(home) / "logs" / f"mlx-serve-{port}.log").exists()
 
     second = cli(home, "start", "--port", str(port))
-    assert second.returncode == 1 and "already running" in second.stderr
+    assert second.returncode == 69 and "already running" in second.stderr  # EX_UNAVAILABLE: no restart
 
     with urllib.request.urlopen(
         f"http://127.0.0.1:{port}/v1/embeddings", data=json.dumps({"model": MINILM, "input": "hi"}).encode()
@@ -165,16 +167,30 @@ def test_a_server_that_cannot_start_fails_start_with_the_log_tail(home: Path) ->
     assert status_json(home, port)[0] == 3
 
 
-def test_a_port_taken_by_another_program(home: Path) -> None:
+@pytest.mark.parametrize("address", ["127.0.0.1", "0.0.0.0"])
+def test_a_port_taken_by_another_program(home: Path, address: str) -> None:
+    """Refused with exit 69 (a code the systemd unit does not restart on), naming the holder: also when it
+    listens on the wildcard address, which a bind to 127.0.0.1 alone does not notice on macOS."""
     with socket.socket() as other:
-        other.bind(("127.0.0.1", 0))
+        other.bind((address, 0))
         other.listen()
         port = other.getsockname()[1]
         for args in (["start"], ["start", "--foreground"]):
             out = cli(home, *args, "--port", str(port))
-            assert out.returncode == 1
-            assert f"port {port}" in out.stderr and "in use" in out.stderr
+            assert out.returncode == 69
+            assert f"port {port}" in out.stderr and "in use by" in out.stderr
+            assert f"(PID {os.getpid()})" in out.stderr
             assert "Traceback" not in out.stderr
+
+
+def test_lsof_names_the_listener_where_psutil_may_not_look() -> None:
+    """macOS: psutil.net_connections needs root there, so the holder comes from lsof."""
+    with socket.socket() as other:
+        other.bind(("0.0.0.0", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        assert lifecycle._lsof_listener(port) == f"{psutil.Process().name()} (PID {os.getpid()})"
+    assert lifecycle._lsof_listener(port) is None
 
 
 def test_stop_without_a_server_says_so(home: Path) -> None:

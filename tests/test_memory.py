@@ -47,3 +47,15 @@ def test_the_server_applies_its_limits(start_server) -> None:
     with urllib.request.urlopen(f"{server.url}/health", timeout=10) as resp:
         assert set(json.load(resp)["memory"]) == {"active_bytes", "cache_bytes", "peak_bytes"}
     assert server.stop() == 0
+
+
+def test_metal_keeps_the_loaded_weights_wired_and_other_devices_nothing() -> None:
+    from mlx_serve.memory import set_wired, wired_target
+
+    mac = {"max_recommended_working_set_size": 10 * 2**30, "memory_size": 16 * 2**30}  # a 16 GB Mac
+    assert wired_target(None, 600 * 2**20, mac) == 600 * 2**20  # auto: the weights
+    assert wired_target(None, 40 * 2**30, mac) == 9 * 2**30  # at most 90% of what the system allows
+    assert wired_target(2**30, 600 * 2**20, mac) == 2**30  # a set size
+    assert wired_target(0, 600 * 2**20, mac) == 0  # none
+    assert wired_target(None, 600 * 2**20, {"device_name": "cpu"}) is None  # CPU, CUDA: MLX wires nothing
+    assert set_wired(None, 600 * 2**20) is None  # this machine (no Metal): left alone

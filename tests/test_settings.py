@@ -136,9 +136,9 @@ def test_config_prints_a_table_with_origins(home: Path) -> None:
 
 
 @pytest.mark.process
-def test_bad_setting_stops_start_with_exit_code_2(home: Path) -> None:
+def test_bad_setting_stops_start_with_exit_code_78(home: Path) -> None:
     write_config(home, "graceful_timeout: -5\n")
     out = run_cli(home, "start", "--foreground")
-    assert out.returncode == 2
+    assert out.returncode == 78  # EX_CONFIG: the systemd unit does not restart on it
     assert "graceful_timeout = -5" in out.stderr and "config.yaml" in out.stderr
     assert "Traceback" not in out.stderr

@@ -28,6 +28,11 @@ import psutil
 State = Literal["running", "stale", "stopped"]
 # The service templates set this, so that `stop` goes through the manager that would otherwise restart us.
 MANAGER_ENV = "MLX_SERVE_MANAGED_BY"
+# `start`'s exit codes for failures a restart cannot cure (sysexits.h): the systemd unit lists them in
+# RestartPreventExitStatus, so bad settings or a port already served never become a crash loop.
+EXIT_SETTINGS = 78  # EX_CONFIG
+EXIT_PORT_TAKEN = 69  # EX_UNAVAILABLE: this port already has a server (ours or another program)
+NO_RESTART_EXIT_CODES = (EXIT_SETTINGS, EXIT_PORT_TAKEN)
 
 
 @dataclass(frozen=True)
@@ -143,19 +148,26 @@ def known_ports(home: Path) -> list[int]:
 
 
 def port_in_use(host: str, port: int) -> str | None:
-    """None if we could bind host:port now; else who holds it, as well as we can tell."""
+    """None if we could serve host:port now; else who holds it, as well as we can tell.
+
+    The wildcard address is tried as well: on macOS, binding 127.0.0.1:P with SO_REUSEADDR (as gunicorn
+    does) succeeds while another program listens on 0.0.0.0:P, and that program would then get the
+    connections meant for us."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
-        try:
-            sock.bind((host, port))
-            return None
-        except OSError as exc:
-            holder = _listener(port)
-            return holder or str(exc.strerror or exc)
+    wildcard = "::" if family == socket.AF_INET6 else "0.0.0.0"
+    for address in dict.fromkeys([host, wildcard]):
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+            try:
+                sock.bind((address, port))
+            except OSError as exc:
+                return _listener(port) or str(exc.strerror or exc)
+    return None
 
 
 def _listener(port: int) -> str | None:
+    """The program listening on `port`: psutil where it may look (Linux), else lsof (macOS, where
+    psutil.net_connections needs root)."""
     try:
         for conn in psutil.net_connections(kind="inet"):
             if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
@@ -163,7 +175,40 @@ def _listener(port: int) -> str | None:
                 return f"{proc.name()} (PID {conn.pid})"
     except (psutil.AccessDenied, psutil.NoSuchProcess):
         pass
-    return None
+    return _lsof_listener(port)
+
+
+def _lsof_listener(port: int) -> str | None:
+    try:
+        out = subprocess.run(
+            ["lsof", "-nP", f"-iTCP:{port}", "-sTCP:LISTEN", "-Fpc"], capture_output=True, text=True, timeout=5
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    fields = {line[0]: line[1:] for line in out.splitlines() if line[:1] in ("p", "c")}
+    if "p" not in fields:
+        return None
+    return f"{fields.get('c', 'a program')} (PID {fields['p']})"
+
+
+def rotate_log(path: Path, max_bytes: int) -> bool:
+    """If this process's stdout is the log file `path` and it has grown past `max_bytes`, move it to
+    `path.1` (replacing the previous one) and write to a fresh file from here on. A server restarted over
+    and over by a service manager then keeps at most two logs' worth. True if it rotated."""
+    try:
+        out, log = os.fstat(1), path.stat()
+    except OSError:
+        return False
+    if (out.st_dev, out.st_ino) != (log.st_dev, log.st_ino) or log.st_size <= max_bytes:
+        return False
+    os.replace(path, path.with_name(path.name + ".1"))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return True
 
 
 def memory_bytes(pid: int) -> int:
@@ -266,6 +311,6 @@ def start_background(
 
 def _tail(path: Path, offset: int, lines: int = 20) -> str:
     with path.open("rb") as fh:
-        fh.seek(offset)
+        fh.seek(offset if path.stat().st_size >= offset else 0)  # from the start of a freshly rotated log
         text = fh.read().decode("utf-8", "replace")
     return "\n".join(text.splitlines()[-lines:])

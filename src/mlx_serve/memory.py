@@ -58,6 +58,27 @@ def configure(cache_limit: int | None, memory_limit: int | None) -> Limits:
     return Limits(cache, memory)
 
 
+def wired_target(setting: int | None, loaded_bytes: int, device: dict[str, Any]) -> int | None:
+    """The wired limit to set, or None to leave MLX's alone. Only Metal keeps memory wired (resident, never
+    paged out or compressed under memory pressure): `auto` wires the loaded models' weights, so that a Mac
+    busy with other work does not page the model out between requests; at most 90% of the system's wired
+    limit (setting more is an error in MLX)."""
+    if "max_recommended_working_set_size" not in device:  # not Metal: nothing to wire
+        return None
+    cap = int(device["max_recommended_working_set_size"] * 0.9)
+    return min(loaded_bytes if setting is None else setting, cap)
+
+
+def set_wired(setting: int | None, loaded_bytes: int) -> int | None:
+    """Apply wired_target on this device; what was set, or None."""
+    import mlx.core as mx
+
+    target = wired_target(setting, loaded_bytes, mx.device_info() if mx.metal.is_available() else {})
+    if target is not None:
+        mx.set_wired_limit(target)
+    return target
+
+
 @dataclass(frozen=True)
 class Usage:
     active: int  # in arrays now

@@ -93,7 +93,7 @@ class Runtime:
             settings.cache_ttl_seconds,
             metrics,
             load=self._load,
-            release=_release_memory,
+            release=self._release,
             run_control=self.scheduler.control,
         )
         self.cache.start()
@@ -151,7 +151,18 @@ class Runtime:
     # -- on the inference thread ----------------------------------------------------------------
     def _load(self, entry: ModelEntry) -> Embedder | Reranker:
         instruction = self.settings.model_instructions.get(entry.name)
-        return load_model(entry.name, entry.path, type=entry.type, dtype=self.settings.dtype, instruction=instruction)
+        model = load_model(entry.name, entry.path, type=entry.type, dtype=self.settings.dtype, instruction=instruction)
+        self._wire(model.nbytes())
+        return model
+
+    def _release(self) -> None:
+        _release_memory()
+        self._wire()
+
+    def _wire(self, loading: int = 0) -> None:
+        """Keep the loaded weights wired on Metal (see memory.wired_target)."""
+        loaded = sum(m.size_bytes for m in self.cache.snapshot()) + loading
+        memory.set_wired(self.settings.mlx_wired_limit, loaded)
 
     # -- request threads --------------------------------------------------------------------------
     def _wait(self, future: Future, deadline: float) -> Any:

@@ -157,5 +157,9 @@ def _warn_if_exposed(settings: Settings, log: Any) -> None:
 
 def serve(settings: Settings, home: Path | None = None) -> None:
     """Run in the foreground until SIGTERM (graceful) or SIGINT (quick)."""
+    home = home or home_dir()
+    rotated = lifecycle.rotate_log(lifecycle.log_file(home, settings.port), settings.log_max_bytes)
     configure(settings.log_level, settings.log_format)
-    Server(settings, home or home_dir()).run()
+    if rotated:
+        get_logger("mlx_serve.server").info("log_rotated", previous=str(lifecycle.log_file(home, settings.port)) + ".1")
+    Server(settings, home).run()

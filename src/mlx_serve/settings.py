@@ -50,6 +50,7 @@ class Settings(BaseModel):
     models_dir: Path
     log_level: Literal["debug", "info", "warning", "error"]
     log_format: Literal["auto", "json", "console"]
+    log_max_bytes: int = Field(ge=1024)
     cache_max_embedding_models: int = Field(ge=1)
     cache_max_reranker_models: int = Field(ge=1)
     cache_ttl_seconds: int
@@ -60,6 +61,7 @@ class Settings(BaseModel):
     threads: int = Field(ge=1, le=256)
     mlx_cache_limit: int | None
     mlx_memory_limit: int | None
+    mlx_wired_limit: int | None
     dtype: Literal["auto", "float32", "float16", "bfloat16"]
     max_batch_tokens: int | None = Field(ge=64)  # None: auto, chosen for the device
     max_inputs_per_request: int = Field(ge=1)
@@ -96,7 +98,7 @@ class Settings(BaseModel):
     def _auto(cls, value: Any) -> Any:
         return None if isinstance(value, str) and value.strip().lower() == "auto" else value
 
-    @field_validator("mlx_cache_limit", "mlx_memory_limit", mode="before")
+    @field_validator("mlx_cache_limit", "mlx_memory_limit", "mlx_wired_limit", "log_max_bytes", mode="before")
     @classmethod
     def _size(cls, value: Any) -> Any:
         return parse_size(value)

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from mlx_serve.cli.parser import build_parser, cli_layer
+from mlx_serve.lifecycle import EXIT_SETTINGS
 from mlx_serve.settings import SettingsError, load_settings
 
 EXIT_CONFIG = 2
@@ -30,7 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(exc, file=sys.stderr)
         print("mlx-serve: not started: fix the settings above.", file=sys.stderr)
-        return EXIT_CONFIG
+        # start: a code the service units list as not worth a restart
+        return EXIT_SETTINGS if args.command == "start" else EXIT_CONFIG
     return int(args.func(args, loaded) or 0)
 
 

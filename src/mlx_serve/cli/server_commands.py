@@ -41,7 +41,7 @@ def _refuse_if_taken(settings: Settings, home: Path) -> int | None:
         print(
             f"mlx-serve is already running on port {settings.port} (PID {inst.record.pid}): {inst.url}", file=sys.stderr
         )
-        return 1
+        return lifecycle.EXIT_PORT_TAKEN
     if inst.state == "stale":
         lifecycle.remove_pid_file(home, settings.port)
         print(f"removed a stale PID file for port {settings.port}: {inst.reason}", file=sys.stderr)
@@ -51,7 +51,7 @@ def _refuse_if_taken(settings: Settings, home: Path) -> int | None:
             f"mlx-serve: port {settings.port} on {settings.host} is in use by {holder}; choose another with --port",
             file=sys.stderr,
         )
-        return 1
+        return lifecycle.EXIT_PORT_TAKEN
     return None
 
 
@@ -112,7 +112,7 @@ def _stop_one(port: int, settings: Settings, home: Path, force: bool, now: bool)
     if record.manager:
         from mlx_serve import service
 
-        return service.stop_managed(record.manager, settings, port, Path.home(), home)
+        return service.stop_managed(record.manager, settings, port, Path.home(), home, force=force)
     wait = settings.graceful_timeout + 5
     if not (force and now):
         if lifecycle.signal_and_wait(record, signal.SIGTERM, wait):
@@ -185,13 +185,20 @@ def cmd_service(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     from mlx_serve import service
 
     try:
-        platform_name = args.platform or service.detect_platform()
+        here = service.detect_platform()
     except service.UnsupportedPlatform as exc:
-        print(f"mlx-serve: {exc}", file=sys.stderr)
-        return 1
+        if not (args.platform and args.dry_run):
+            print(f"mlx-serve: {exc}", file=sys.stderr)
+            return 1
+        here = None
+    platform_name = args.platform or here
+    if platform_name != here and not args.dry_run:
+        # Another system's files are for reading: written here they would land where nothing loads them.
+        print(f"mlx-serve: --platform {platform_name} on this system works only with --dry-run", file=sys.stderr)
+        return 2
     settings, home = loaded.settings, home_dir()
     manager = service.manager_for(platform_name, settings, settings.port, Path.home(), home)
-    code = service.carry_out(manager.plan(args.verb), args.dry_run)
+    code = service.carry_out(manager.plan(args.verb, force=getattr(args, "force", False)), args.dry_run)
     if args.verb == "status" and not args.dry_run:
         row = status_row(lifecycle.inspect(home, settings.port))
         print(
