@@ -366,3 +366,28 @@ def test_the_reaper_thread_survives_absurd_keep_alives() -> None:
         assert cache._reaper is not None and cache._reaper.is_alive()
     finally:
         cache.close()
+
+
+def test_regression_a_load_slower_than_the_request_timeout_happens_once() -> None:
+    """Requests that gave up on a slow load left nothing behind, so each new request queued the load again
+    (every request 503, `model_loaded` logged over and over). The queued load now stays the model's."""
+    h = Harness()
+    for _ in range(3):  # three requests, each timing out before the load ran
+        with h.cache.lease(A) as slot:
+            h.cache.schedule_load(slot)
+    assert h.thread.run() == 3  # the three jobs run; the first loads, the others find it loaded
+    assert h.loads == ["a"] and h.loaded() == ["a"]
+    h.use(A)
+    assert h.loads == ["a"]
+
+
+def test_a_failed_load_whose_requests_gave_up_is_forgotten() -> None:
+    h = Harness()
+    h.fail_next_load = True
+    with h.cache.lease(A) as slot:
+        h.cache.schedule_load(slot)
+    with pytest.raises(RuntimeError):
+        h.thread.run()
+    assert h.loaded() == [] and h.cache.snapshot() == []
+    h.use(A)
+    assert h.loaded() == ["a"]

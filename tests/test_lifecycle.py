@@ -36,9 +36,16 @@ def cleanup(home: Path) -> Iterator[None]:
     cli(home, "stop", "--all", "--force", "--now")
 
 
+STATUS_KEYS = {"port", "state", "pid", "url", "uptime_seconds", "memory_bytes", "models_loaded"}
+STATUS_KEYS |= {"mlx_memory", "healthy", "manager", "reason"}
+
+
 def status_json(home: Path, port: int) -> tuple[int, dict]:
+    """`status --port P --json`: a list (one shape, with --port or without), of rows with every field."""
     out = cli(home, "status", "--port", str(port), "--json")
-    return out.returncode, json.loads(out.stdout)
+    rows = json.loads(out.stdout)
+    assert isinstance(rows, list) and len(rows) == 1 and set(rows[0]) == STATUS_KEYS
+    return out.returncode, rows[0]
 
 
 def test_start_status_refuse_second_start_stop(home: Path, cleanup) -> None:
@@ -70,7 +77,8 @@ def test_start_status_refuse_second_start_stop(home: Path, cleanup) -> None:
     assert stopped.returncode == 0, stopped.stderr
     assert not pid_file(state(home), port).exists()
     assert not psutil.pid_exists(row["pid"]) or psutil.Process(row["pid"]).status() == psutil.STATUS_ZOMBIE
-    assert status_json(home, port) == (3, {"port": port, "state": "stopped"})
+    code, row = status_json(home, port)
+    assert code == 3 and row["state"] == "stopped" and row["pid"] is None
 
 
 def test_two_ports_at_once_are_independent(home: Path, cleanup) -> None:
@@ -81,6 +89,7 @@ def test_two_ports_at_once_are_independent(home: Path, cleanup) -> None:
     assert out.returncode == 0
     rows = {row["port"]: row for row in json.loads(out.stdout)}
     assert set(rows) == set(ports) and all(r["state"] == "running" for r in rows.values())
+    assert all(set(r) == STATUS_KEYS for r in rows.values())
 
     assert cli(home, "stop", "--port", str(ports[0])).returncode == 0
     assert status_json(home, ports[0])[0] == 3
@@ -167,6 +176,29 @@ def test_a_server_that_cannot_start_fails_start_with_the_log_tail(home: Path) ->
     assert status_json(home, port)[0] == 3
 
 
+def test_a_failed_preload_is_one_json_line_and_the_server_stops(home: Path, start_server) -> None:
+    """Every log line is JSON when the format is JSON: no traceback, no bare line for an ordinary failure."""
+    server = start_server("--preload", "no-such-model", wait=False)
+    assert server.proc.wait(timeout=60) != 0
+    lines = server.log.read_text().splitlines()
+    assert all(line.startswith("{") for line in lines), [line for line in lines if not line.startswith("{")]
+    failed = [r for r in server.logs() if r["event"] == "preload_failed"]
+    assert len(failed) == 1 and "no-such-model" in failed[0]["error"]
+    assert not any("exception" in r or "Traceback" in r["event"] for r in server.logs())
+    assert sum("Booting worker" in r["event"] for r in server.logs()) == 1  # stopped, not rebooted
+
+
+def test_preload_has_its_own_timeout(home: Path, start_server) -> None:
+    """A request_timeout shorter than a load no longer fails preloads; preload_timeout bounds them."""
+    server = start_server("--preload", MINILM, env={"MLX_SERVE_REQUEST_TIMEOUT": "0.001"})
+    assert MINILM in server.wait_healthy()["models_loaded"]
+    server.stop()
+    slow = start_server("--preload", MINILM, env={"MLX_SERVE_PRELOAD_TIMEOUT": "0.001"}, wait=False)
+    assert slow.proc.wait(timeout=60) != 0
+    failed = [r for r in slow.logs() if r["event"] == "preload_failed"]
+    assert failed and "preload_timeout" in failed[0]["error"]
+
+
 @pytest.mark.parametrize("address", ["127.0.0.1", "0.0.0.0"])
 def test_a_port_taken_by_another_program(home: Path, address: str) -> None:
     """Refused with exit 69 (a code the systemd unit does not restart on), naming the holder: also when it
@@ -196,3 +228,49 @@ def test_lsof_names_the_listener_where_psutil_may_not_look() -> None:
 def test_stop_without_a_server_says_so(home: Path) -> None:
     out = cli(home, "stop", "--port", str(free_port()))
     assert out.returncode == 0 and "not running" in out.stdout
+
+
+def test_slow_path_warnings_name_the_real_cause(home: Path, start_server) -> None:
+    """A bad MLX_SERVE_BLAS path, or flags g++ refuses, are not a missing library or compiler."""
+    env = {"MLX_SERVE_BLAS": "/nowhere/libopenblas.so.0", "MLX_SERVE_JIT_FLAGS": "-mno-such-flag-here"}
+    server = start_server(env=env)
+    assert server.stop() == 0
+    events = {r["event"]: r for r in server.logs()}
+    blas, kernels = events["slow_blas"], events["slow_kernels"]
+    assert "/nowhere/libopenblas.so.0: no such file" in blas["reason"] and "apt-get" not in blas["hint"]
+    assert "-mno-such-flag-here" in kernels["hint"] and "install a C++ compiler" not in kernels["hint"]
+
+
+def test_stop_flags_mean_what_they_say(home: Path, cleanup) -> None:
+    both = cli(home, "stop", "--port", "8123", "--all")
+    assert both.returncode == 2 and "not allowed with" in both.stderr
+    port = free_port()
+    assert cli(home, "start", "--port", str(port)).returncode == 0
+    now = cli(home, "stop", "--port", str(port), "--now")  # implies --force: SIGKILL at once
+    assert now.returncode == 0 and "killed" in now.stdout
+
+
+def test_ps_and_unload_find_the_only_running_server_without_a_port(home: Path, cleanup) -> None:
+    port = free_port()  # not the port setting (8000)
+    assert cli(home, "start", "--port", str(port), "--preload", MINILM).returncode == 0
+    ps = cli(home, "ps", "--json")
+    assert ps.returncode == 0 and [m["name"] for m in json.loads(ps.stdout)] == [MINILM]
+    unload = cli(home, "unload", MINILM)
+    assert unload.returncode == 0 and "unloading" in unload.stdout
+    other = free_port()
+    assert cli(home, "start", "--port", str(other)).returncode == 0
+    several = cli(home, "ps")
+    assert several.returncode == 3 and "--port" in several.stderr and str(other) in several.stderr
+    assert cli(home, "stop", "--all").returncode == 0
+    none = cli(home, "ps")
+    assert none.returncode == 3 and "no server is running" in none.stderr
+
+
+def test_show_of_the_built_in_model_says_it_was_never_pulled(home: Path) -> None:
+    from mlx_serve.store import builtin_model_dir
+
+    shown = json.loads(cli(home, "show", MINILM, "--json").stdout)
+    assert shown["pulled_at"] is None
+    assert shown["created"] == int(builtin_model_dir().stat().st_mtime)  # the package's files, not "now"
+    text = cli(home, "show", MINILM).stdout
+    assert "None" not in text and "pulled_at" in text

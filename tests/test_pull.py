@@ -157,6 +157,7 @@ def test_offline_pulls_come_from_the_local_hugging_face_cache(home: Path, hub: F
     assert out.returncode == 0, out.stderr
     meta = json.loads((models_dir(home) / "Tiny-Reranker" / "mlx-serve.json").read_text())
     assert meta["type"] == "reranker" and meta["source"] == "hf:acme/Tiny-Reranker"
+    assert meta["revision"] == SHA  # the cached snapshot's commit
     missing = cli(home, "pull", "acme/Tiny-Embedding", env=offline)
     assert missing.returncode == 1 and "could not download" in missing.stderr
     # The cache belongs to the user's other tools: it was copied from, never moved.
@@ -302,3 +303,40 @@ def test_cli_show_and_remove(home: Path, repos) -> None:
     assert not (models_dir(home) / "ce").exists()
     missing = cli(home, "remove", "ce")
     assert missing.returncode == 1 and "no model" in missing.stderr
+
+
+@pytest.mark.process
+def test_a_name_that_means_another_model_is_taken_only_with_replace(home: Path, repos) -> None:
+    """Pulling under the built-in model's name (or over a model from elsewhere) would silently change
+    every client's vectors: refused, unless --replace says so."""
+    folder = str(repos["acme/Tiny-CrossEncoder"])
+    out = cli(home, "pull", folder, "--name", MINILM)
+    assert out.returncode == 1 and "the built-in model" in out.stderr and "--replace" in out.stderr
+    listed = json.loads(cli(home, "list", "--json").stdout)
+    assert [m["type"] for m in listed if m["name"] == MINILM] == ["embedding"]
+
+    assert cli(home, "pull", folder, "--name", "ranker").returncode == 0
+    other = cli(home, "pull", str(repos["acme/Tiny-Reranker"]), "--name", "ranker")
+    assert other.returncode == 1 and "the model pulled from" in other.stderr
+    assert cli(home, "pull", folder, "--name", "ranker").returncode == 0  # the same source again: fine
+
+    replaced = cli(home, "pull", folder, "--name", MINILM, "--replace")
+    assert replaced.returncode == 0, replaced.stderr
+    listed = json.loads(cli(home, "list", "--json").stdout)
+    assert [m["type"] for m in listed if m["name"] == MINILM] == ["reranker"]
+
+
+@pytest.mark.process
+def test_a_type_the_model_cannot_serve_is_refused_at_pull(home: Path, tmp_path: Path, repos) -> None:
+    """A plain BertModel as a reranker would answer cosines where rerankers answer probabilities."""
+    import shutil as sh
+
+    from mlx_serve.store import builtin_model_dir
+
+    plain = tmp_path / "plain-bert"
+    sh.copytree(builtin_model_dir(), plain)  # BertModel: no classification head
+    out = cli(home, "pull", str(plain), "--type", "reranker")
+    assert out.returncode == 1 and "cannot rerank" in out.stderr and "BertModel" in out.stderr
+    ce = cli(home, "pull", str(repos["acme/Tiny-CrossEncoder"]), "--type", "embedding")
+    assert ce.returncode == 1 and "does not embed" in ce.stderr
+    assert cli(home, "pull", str(plain), "--type", "embedding").returncode == 0

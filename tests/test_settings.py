@@ -142,3 +142,50 @@ def test_bad_setting_stops_start_with_exit_code_78(home: Path) -> None:
     assert out.returncode == 78  # EX_CONFIG: the systemd unit does not restart on it
     assert "graceful_timeout = -5" in out.stderr and "config.yaml" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.process
+@pytest.mark.parametrize(
+    ("config", "words"),
+    [
+        ("port: 70000\n", "port = 70000"),
+        ("port: [unclosed\n", "could not read"),
+        ("prot: 8001\n", "unknown key 'prot'"),
+    ],
+)
+def test_bad_settings_leave_the_diagnostic_commands_working(home: Path, config: str, words: str) -> None:
+    """The commands that show what is wrong still run (on the settings without the bad ones); start refuses."""
+    write_config(home, config)
+    shown = run_cli(home, "config")
+    assert shown.returncode == 2 and words in shown.stderr
+    assert "port" in shown.stdout and "Traceback" not in shown.stderr
+    as_json = run_cli(home, "config", "--json")
+    assert as_json.returncode == 2 and json.loads(as_json.stdout)["port"]["value"] == 8000
+    status = run_cli(home, "status")
+    assert status.returncode == 3 and "stopped" in status.stdout and words in status.stderr  # LSB: not running
+    for args in (["list"], ["stop", "--all"]):
+        out = run_cli(home, *args)
+        assert out.returncode == 0 and words in out.stderr, args
+    start = run_cli(home, "start")
+    assert start.returncode == 78 and words in start.stderr
+
+
+@pytest.mark.process
+def test_config_names_the_invalid_value_and_its_layer(home: Path) -> None:
+    write_config(home, "port: 70000\n")
+    out = json.loads(run_cli(home, "config", "--json").stdout)
+    assert out["port"]["invalid"] == {"value": 70000, "origin": str(home / ".mlx-serve" / "config.yaml")}
+    assert out["port"]["origin"] == "defaults (the value set is invalid)"
+
+
+def test_dict_settings_from_the_environment(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLX_SERVE_MODEL_ALIASES", '{"mini": "all-MiniLM-L6-v2"}')
+    assert load_settings().settings.model_aliases == {"mini": "all-MiniLM-L6-v2"}
+    # One entry per variable, the entry's name as written (model names are case-sensitive).
+    monkeypatch.setenv("MLX_SERVE_MODEL_ALIASES__Small", "all-MiniLM-L6-v2")
+    loaded = load_settings()
+    assert loaded.settings.model_aliases == {"mini": "all-MiniLM-L6-v2", "Small": "all-MiniLM-L6-v2"}
+    assert loaded.origins["model_aliases"] == "env MLX_SERVE_MODEL_ALIASES__*"
+    monkeypatch.setenv("MLX_SERVE_MODEL_ALIASES", "{mini: oops")
+    with pytest.raises(SettingsError, match="JSON object"):
+        load_settings()

@@ -45,7 +45,19 @@ class BlasStatus:
 
     @property
     def needs_warning(self) -> bool:
-        return self.path is None and self.reason == "not found"
+        """No fast BLAS, and not by the user's choice."""
+        return self.path is None and (self.reason == "not found" or self.reason.startswith(("could not", ENV_VAR)))
+
+    @property
+    def hint(self) -> str:
+        """What to do, for the cause at hand: a missing library, or a path that does not work."""
+        if self.reason == "not found":
+            return HINT
+        return (
+            f"MLX is using its bundled reference BLAS (about 30x slower on CPU): {self.reason}. "
+            f"Point {ENV_VAR} at a BLAS library that loads (e.g. /usr/lib/x86_64-linux-gnu/libopenblas.so.0), "
+            "or unset it to look in the usual places."
+        )
 
 
 def preload() -> BlasStatus:
@@ -56,6 +68,8 @@ def preload() -> BlasStatus:
     wanted = os.environ.get(ENV_VAR, "auto").strip()
     if wanted.lower() in {"off", "none", "0", "false"}:
         return BlasStatus(None, f"disabled by {ENV_VAR}")
+    if wanted.lower() not in {"", "auto"} and not Path(wanted).exists():
+        return BlasStatus(None, f"{ENV_VAR}={wanted}: no such file")
     candidates = CANDIDATES if wanted.lower() in {"", "auto"} else (wanted,)
     for candidate in candidates:
         if Path(candidate).exists():

@@ -26,13 +26,18 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from cachetools import LRUCache
 
 from mlx_serve.logs import get_logger
 from mlx_serve.metrics import Metrics
 from mlx_serve.store import ModelEntry, ModelType
+
+
+class PreloadError(RuntimeError):
+    """A model named in preload_models could not be loaded (the message names it and why)."""
+
 
 log = get_logger("mlx_serve.cache")
 Reason = Literal["lru", "ttl", "manual", "replaced"]
@@ -65,6 +70,7 @@ class Slot:
     keep_alive: float | None = None  # the next idle period's TTL, set by a request
     unload_requested: bool = False
     unload_queued: bool = False  # an unload job is waiting on the inference thread: never queue a second
+    loads_queued: int = 0  # load jobs queued or running: the slot stays, so later requests share its load
     retired: bool = False
     nbytes: int = 0
 
@@ -156,8 +162,9 @@ class ModelCache:
             if keep_alive is not None:
                 slot.keep_alive = keep_alive
             if slot.leases == 0:
-                if slot.model is None:  # never loaded (or failed to): simply forgotten
-                    self._forget(slot)
+                if slot.model is None:  # never loaded (or failed to): forgotten, unless its load is queued
+                    if slot.loads_queued == 0:
+                        self._forget(slot)
                 else:
                     slot.idle_since = self._clock()
                     if not slot.retired:
@@ -219,6 +226,25 @@ class ModelCache:
             return slot.model
 
     # -- the inference thread ----------------------------------------------------------------
+    def schedule_load(self, slot: Slot) -> Any:
+        """Queue the load of a leased slot on the inference thread (run_control's answer: a future). While it
+        is queued the slot stays in the cache even if its request gives up, so that the next request for
+        the model waits for this load instead of queueing another: a load slower than request_timeout
+        then happens once, not once per request."""
+        with self._cond:
+            slot.loads_queued += 1
+
+        def job() -> CachedModel:
+            try:
+                return self.load(slot)
+            finally:
+                with self._cond:
+                    slot.loads_queued -= 1
+                    if slot.loads_queued == 0 and slot.leases == 0 and slot.model is None:
+                        self._forget(slot)  # failed, and nobody waits for it any more
+
+        return self._run_control(job)
+
     def load(self, slot: Slot) -> CachedModel:
         """The model of a leased slot, loading it (and making room) on a miss."""
         with self._cond:

@@ -43,6 +43,16 @@ class JitStatus:
         """Slow kernels the user did not ask for: no compiler, or flags it refused."""
         return not self.native and self.reason.startswith(("no g++", "native kernels unavailable"))
 
+    @property
+    def hint(self) -> str:
+        """What to do, for the cause at hand: no compiler, or a compiler that refused the flags."""
+        if self.reason.startswith("no g++"):
+            return HINT
+        return (
+            f"g++ could not build kernels with {ENV_VAR}={os.environ.get(ENV_VAR, FLAGS)!r} ({self.reason}); "
+            f"set {ENV_VAR} to flags this compiler accepts, or to off"
+        )
+
 
 _status: JitStatus | None = None  # PATH and TMPDIR are process-wide: set them once per process
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from mlx_serve import model_files, pull_progress
 from mlx_serve.pull_progress import Progress
-from mlx_serve.store import ModelEntry, ModelStore, ModelType, StoreError, validate_name
+from mlx_serve.store import BUILTIN_NAME, ModelEntry, ModelStore, ModelType, StoreError, validate_name
 
 # What a model directory needs; nothing else is downloaded (no .bin/.onnx duplicates of the weights).
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.py", "1_Pooling/*", "2_Normalize/*"]
@@ -32,6 +32,7 @@ _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+\Z")
 
 
 Report = Callable[[Progress], None]
+BUILTIN = "the built-in model"
 
 
 def default_name(source: str) -> str:
@@ -48,8 +49,12 @@ def pull(
     quantize: int | None = None,
     report: Report | None = None,
     show_bars: bool = False,
+    replace: bool = False,
 ) -> tuple[ModelEntry, bool]:
-    """Pull `source` into the store as `name`. Returns the entry and whether any work was done."""
+    """Pull `source` into the store as `name`. Returns the entry and whether any work was done.
+
+    A name that already means another model (the built-in one, or one pulled from elsewhere) is taken
+    over only with `replace`: every client naming it would silently get different vectors."""
     report = report or (lambda _p: None)
     local = Path(source).expanduser()
     if local.is_dir():
@@ -66,6 +71,13 @@ def pull(
         store.clean_leftovers(name)
         store.clean_leftovers()  # and what killed pulls of other names left (their locks are free)
         existing = store.metadata(name)
+        current = existing.get("source") if existing else (BUILTIN if name == BUILTIN_NAME else None)
+        if current is not None and current != label and not replace:
+            what = current if current == BUILTIN else f"the model pulled from {current}"
+            raise StoreError(
+                f"{name!r} is {what}; pulling {source} under that name would replace it for every client. "
+                "Choose another name (--name), or pass --replace to replace it"
+            )
         if (
             existing
             and existing.get("source") == label
@@ -189,6 +201,7 @@ def pull_in_child(
     type: str | None = None,
     quantize: int | None = None,
     timeout: float | None = None,
+    replace: bool = False,
 ) -> Iterator[bytes]:
     """Run `mlx-serve pull --progress json` as a child and yield its progress lines (see pull_progress).
 
@@ -197,6 +210,8 @@ def pull_in_child(
     args = [sys.executable, "-m", "mlx_serve", "pull", "--progress", "json"]
     if name is not None:
         args += ["--name", name]
+    if replace:
+        args.append("--replace")
     if type is not None:
         args += ["--type", type]
     if quantize is not None:

@@ -19,7 +19,7 @@ import mlx.core as mx
 import numpy as np
 
 from mlx_serve import memory, pull
-from mlx_serve.cache import LoadedModel, ModelCache
+from mlx_serve.cache import LoadedModel, ModelCache, PreloadError
 from mlx_serve.engine import Embedder, Embeddings, InputError, Reranker, Seq, load_model, truncate_dimensions
 from mlx_serve.engine.reranker import EmbeddingRanker
 from mlx_serve.engine.tokenizer import Truncation
@@ -44,10 +44,6 @@ class InvalidRequest(ValueError):
     def __init__(self, message: str, param: str) -> None:
         super().__init__(message)
         self.param = param
-
-
-class PreloadError(RuntimeError):
-    pass
 
 
 class Overloaded(RuntimeError):
@@ -131,10 +127,18 @@ class Runtime:
         return memory.usage()
 
     def pull(
-        self, source: str, *, name: str | None = None, type: str | None = None, quantize: int | None = None
+        self,
+        source: str,
+        *,
+        name: str | None = None,
+        type: str | None = None,
+        quantize: int | None = None,
+        replace: bool = False,
     ) -> Iterator[bytes]:
         """Pull into the store in a child process; its progress lines (pull_progress), as they come."""
-        return pull.pull_in_child(source, name=name, type=type, quantize=quantize, timeout=self.settings.pull_timeout)
+        return pull.pull_in_child(
+            source, name=name, type=type, quantize=quantize, timeout=self.settings.pull_timeout, replace=replace
+        )
 
     def delete(self, name: str) -> None:
         """Remove a stored model; if loaded, it is unloaded after its in-flight requests first."""
@@ -186,7 +190,7 @@ class Runtime:
         with self.cache.lease(entry, keep_alive) as slot:
             model = self.cache.ready(slot)
             if model is None:
-                model = self._wait(self.scheduler.control(lambda: self.cache.load(slot)), deadline)
+                model = self._wait(self.cache.schedule_load(slot), deadline)
             try:
                 seqs = prepare(model)
             except (InputError, InvalidRequest):
@@ -286,10 +290,19 @@ class Runtime:
                 if self.settings.preload_pinned:
                     self.cache.pin(entry.name)
                 with self.cache.lease(entry) as slot:  # idle from the moment it is loaded: the TTL runs from then
-                    deadline = time.monotonic() + self.settings.request_timeout
-                    self._wait(self.scheduler.control(lambda s=slot: self.cache.load(s)), deadline)
+                    # A load may take long (a big model from a slow disk): its own timeout, not a request's.
+                    future = self.cache.schedule_load(slot)
+                    try:
+                        future.result(timeout=self.settings.preload_timeout)
+                    except FutureTimeout:
+                        raise PreloadError(
+                            f"cannot preload model {name!r}: not loaded within preload_timeout "
+                            f"({self.settings.preload_timeout:g} s)"
+                        ) from None
             except ModelNotFound:
                 raise PreloadError(f"cannot preload model {name!r}: no such model") from None
+            except PreloadError:
+                raise
             except Exception as exc:
                 raise PreloadError(f"cannot preload model {name!r}: {exc}") from exc
 

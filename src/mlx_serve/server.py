@@ -49,9 +49,9 @@ class Server(BaseApplication):
             "worker_class": "mlx_serve.worker.Worker",
             "threads": s.threads,
             "graceful_timeout": s.graceful_timeout,
-            # The worker's main loop heartbeats while requests run on threads; a longer timeout only
-            # covers slow model loads at boot.
-            "timeout": max(120, int(s.request_timeout)),
+            # The worker heartbeats from its main loop while requests run on threads, and from a thread of
+            # its own while it boots (preloads: see Worker.load_wsgi).
+            "timeout": 120,
             "keepalive": 5,
             "loglevel": s.log_level,
             "errorlog": "-",
@@ -83,10 +83,10 @@ class Server(BaseApplication):
         # interval kept it waiting that long each time.
         sys.setswitchinterval(0.001)
         if blas.STATUS.needs_warning:
-            log.warning("slow_blas", hint=blas.HINT)
+            log.warning("slow_blas", reason=blas.STATUS.reason, hint=blas.STATUS.hint)
         kernels = jit.enable()  # before any model compiles a kernel
         if kernels.needs_warning:
-            log.warning("slow_kernels", reason=kernels.reason, hint=jit.HINT)
+            log.warning("slow_kernels", reason=kernels.reason, hint=kernels.hint)
         metrics = Metrics()
         metrics.memory.limits = memory.configure(self.settings.mlx_cache_limit, self.settings.mlx_memory_limit)
         store = ModelStore(self.settings.models_dir, self.settings.model_aliases)

@@ -8,7 +8,9 @@ name it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -67,6 +69,7 @@ class Settings(BaseModel):
     max_inputs_per_request: int = Field(ge=1)
     max_request_bytes: int = Field(ge=1024)
     request_timeout: float = Field(gt=0)
+    preload_timeout: float = Field(gt=0)
     max_queued_requests: int = Field(ge=1)
     auto_truncate: bool
     token_arrays: Literal["cl100k", "model", "reject"]
@@ -91,6 +94,17 @@ class Settings(BaseModel):
         # The environment gives a comma-separated string.
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("model_aliases", "model_instructions", mode="before")
+    @classmethod
+    def _json_object(cls, value: Any) -> Any:
+        # The environment gives a JSON object: MLX_SERVE_MODEL_ALIASES='{"mini": "all-MiniLM-L6-v2"}'.
+        if isinstance(value, str):
+            try:
+                return json.loads(value) if value.strip() else {}
+            except ValueError:
+                raise ValueError('must be a JSON object, e.g. {"mini": "all-MiniLM-L6-v2"}') from None
         return value
 
     @field_validator("max_batch_tokens", mode="before")
@@ -134,22 +148,40 @@ class Settings(BaseModel):
 class SettingsError(Exception):
     """Bad configuration: the message names each key, its value and the layer it came from."""
 
+    def __init__(self, message: str, fallback: LoadedSettings | None = None) -> None:
+        super().__init__(message)
+        # The settings with each bad value (or a config.yaml that cannot be read) left out, so that the
+        # commands that show what is wrong (config, status, list, stop) can still run.
+        self.fallback = fallback
+
 
 @dataclass(frozen=True)
 class LoadedSettings:
     settings: Settings
     origins: dict[str, str]  # dotted key -> layer: "defaults", a config.yaml path, an env var, "cli"
     values: dict[str, Any]  # dotted key -> effective value as configured
+    # dotted key -> (value, layer) of each setting left out as invalid (only in SettingsError.fallback)
+    invalid: dict[str, tuple[Any, str]] = field(default_factory=dict)
 
 
 def env_var(key: str) -> str:
     return f"{ENV_PREFIX}_{key.upper().replace('.', '__')}"
 
 
-def load_settings(cli: dict[str, Any] | None = None, config_file: Path | None = None) -> LoadedSettings:
-    """Layer, validate and freeze. `cli` maps dotted keys to flag values (None = flag not given)."""
+# Dict settings may also come one entry per variable, the entry's name as written (names are case-sensitive):
+# MLX_SERVE_MODEL_ALIASES__mini=all-MiniLM-L6-v2.
+DICT_SETTINGS = ("model_aliases", "model_instructions")
+
+
+def load_settings(
+    cli: dict[str, Any] | None = None, config_file: Path | None = None, *, _skip_file: bool = False
+) -> LoadedSettings:
+    """Layer, validate and freeze. `cli` maps dotted keys to flag values (None = flag not given).
+
+    Bad settings raise SettingsError, whose `fallback` is the tree without them (see SettingsError)."""
     config_file = config_file or home_dir() / "config.yaml"
-    files = [str(DEFAULTS_FILE)] + ([str(config_file)] if config_file.exists() else [])
+    use_file = config_file.exists() and not _skip_file
+    files = [str(DEFAULTS_FILE)] + ([str(config_file)] if use_file else [])
     try:
         dyn = Dynaconf(
             envvar_prefix=ENV_PREFIX,
@@ -164,11 +196,10 @@ def load_settings(cli: dict[str, Any] | None = None, config_file: Path | None = 
             if value is not None:
                 dyn.set(key, value, loader_identifier="cli", merge=False)
         raw = {k.lower(): v for k, v in dyn.as_dict().items() if k.lower() in Settings.model_fields}
-        unknown = _unknown_keys(dyn, config_file)
+        unknown = _unknown_keys(dyn, config_file) if use_file else []
     except Exception as exc:  # a YAML or TOML syntax error: name the file
-        raise SettingsError(f"settings: could not read {config_file}: {exc}") from exc
-    if unknown:
-        raise SettingsError("\n".join(f"settings: unknown key {k!r} in {config_file}" for k in unknown))
+        message = f"settings: could not read {config_file}: {exc}"
+        raise SettingsError(message, _without_file(cli, config_file, message, _skip_file)) from exc
 
     values: dict[str, Any] = {}
     origins: dict[str, str] = {}
@@ -177,11 +208,71 @@ def load_settings(cli: dict[str, Any] | None = None, config_file: Path | None = 
         if found is not None:
             values[key], origins[key] = found
             _assign(raw, key, values[key])
+    _dict_entries_from_env(raw, values, origins)
+    problems = [f"settings: unknown key {k!r} in {config_file}" for k in unknown]
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
-        raise SettingsError(_describe(exc, values, origins)) from None
-    return LoadedSettings(settings, origins, values)
+        problems.append(_describe(exc, values, origins))
+        bad = {".".join(str(p) for p in err["loc"] if not isinstance(p, int)) for err in exc.errors()}
+        raise SettingsError("\n".join(problems), _fallback(raw, values, origins, bad)) from None
+    loaded = LoadedSettings(settings, origins, values)
+    if problems:
+        raise SettingsError("\n".join(problems), loaded)
+    return loaded
+
+
+def _dict_entries_from_env(raw: dict[str, Any], values: dict[str, Any], origins: dict[str, str]) -> None:
+    for key in DICT_SETTINGS:
+        prefix = f"{env_var(key)}__"
+        entries = {name[len(prefix) :]: v for name, v in os.environ.items() if name.startswith(prefix)}
+        if entries:
+            base = raw.get(key)
+            if isinstance(base, str):  # the JSON form as well
+                try:
+                    base = json.loads(base)
+                except ValueError:
+                    continue  # left as it is, for the validator to name
+            merged = {**(base if isinstance(base, dict) else {}), **entries}
+            raw[key] = values[key] = merged
+            origins[key] = f"env {prefix}*"
+
+
+def _without_file(cli: dict[str, Any] | None, config_file: Path, message: str, skipped: bool) -> LoadedSettings | None:
+    if skipped:
+        return None
+    try:
+        return load_settings(cli, config_file, _skip_file=True)
+    except SettingsError as exc:
+        return exc.fallback
+
+
+def _fallback(
+    raw: dict[str, Any], values: dict[str, Any], origins: dict[str, str], bad: set[str]
+) -> LoadedSettings | None:
+    """The tree with each bad key at its shipped default."""
+    defaults = _defaults()
+    invalid = {key: (values.get(key), origins.get(key, "defaults")) for key in bad}
+    for key in bad:
+        value: Any = defaults
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        _assign(raw, key, value)
+        values[key] = value
+        origins[key] = "defaults (the value set is invalid)"
+    try:
+        return LoadedSettings(Settings.model_validate(raw), origins, values, invalid)
+    except ValidationError:
+        return None
+
+
+def _defaults() -> dict[str, Any]:
+    dyn = Dynaconf(settings_files=[str(DEFAULTS_FILE)], environments=False, load_dotenv=False, envvar_prefix=False)
+    return {k.lower(): _lower_keys(v) for k, v in dyn.as_dict().items()}
+
+
+def _lower_keys(value: Any) -> Any:
+    return {k.lower(): v for k, v in value.items()} if isinstance(value, dict) else value
 
 
 def effective_values(settings: Settings) -> dict[str, Any]:
@@ -198,8 +289,8 @@ def effective_values(settings: Settings) -> dict[str, Any]:
 
 def _leaf_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     keys: list[str] = []
-    for name, field in model.model_fields.items():
-        ann = field.annotation
+    for name, info in model.model_fields.items():
+        ann = info.annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             keys += _leaf_keys(ann, f"{prefix}{name}.")
         else:

@@ -85,6 +85,23 @@ def detect_type(config: dict, has_modules: bool) -> ModelType:
     return "embedding"
 
 
+def check_type(config: dict, type: ModelType, source: Path) -> ModelType:
+    """An asked-for type the model can serve: a reranker needs a head that scores pairs (a sequence-
+    classification head, or a causal LM's yes/no logits); a classifier cannot embed."""
+    archs = config.get("architectures") or []
+    classifier = any(a.endswith("ForSequenceClassification") for a in archs)
+    causal = any(a.endswith("ForCausalLM") for a in archs)
+    if type == "reranker" and not (classifier or causal):
+        raise StoreError(
+            f"{source} cannot rerank: its architecture ({', '.join(archs) or config.get('model_type', 'unknown')}) "
+            "has no head that scores a query and a document; pull it as an embedding model (an embedding model "
+            "named in a rerank request ranks by cosine similarity)"
+        )
+    if type == "embedding" and classifier:
+        raise StoreError(f"{source} is a cross-encoder ({archs[0]}): it reranks, it does not embed")
+    return type
+
+
 def _read_config(files: list[model_files.ModelFile], source: Path) -> dict:
     real = next(f.real for f in files if str(f.relative) == "config.json")
     try:
@@ -141,7 +158,9 @@ class ModelStore:
 
     def describe(self, entry: ModelEntry) -> dict:
         """Everything `show` prints: the stored metadata, or what the built-in model's files say."""
-        meta = self.metadata(entry.name) or describe_dir(entry.path, entry.type, entry.source)
+        meta = self.metadata(entry.name)
+        if meta is None:  # the built-in model: installed with the package, never pulled
+            meta = {**describe_dir(entry.path, entry.type, entry.source), "created": entry.created, "pulled_at": None}
         return {"name": entry.name, "path": str(entry.path), **meta}
 
     def list(self) -> list[ModelEntry]:
@@ -233,7 +252,8 @@ class ModelStore:
             raise StoreError(f"{source} holds no .safetensors weights{detail}; convert them to safetensors first")
         if "tokenizer.json" not in present:
             raise StoreError(f"{source} has no tokenizer.json")
-        type = type or detect_type(_read_config(files, source), "modules.json" in present)
+        config = _read_config(files, source)
+        type = check_type(config, type, source) if type else detect_type(config, "modules.json" in present)
         self.root.mkdir(parents=True, exist_ok=True)
         if not adopt:
             _checked_space(self.root, sum(f.size for f in files))

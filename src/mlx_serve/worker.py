@@ -19,6 +19,7 @@ import contextlib
 import selectors
 import socket
 import struct
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -26,6 +27,8 @@ from typing import Any, Literal
 import orjson
 from gunicorn import util
 from gunicorn.workers.gthread import ThreadWorker
+
+from mlx_serve.cache import PreloadError  # (the master imports this module: nothing here imports MLX)
 
 HEADER_LIMIT = 64 * 1024  # a header block longer than this is gunicorn's to refuse (431)
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -145,6 +148,9 @@ class Reading:
     draining: bool = False  # refused: what the client still sends is read and dropped, then closed
 
 
+BOOT_ERROR = 3  # gunicorn's WORKER_BOOT_ERROR: the arbiter stops ("Worker failed to boot") instead of retrying
+
+
 class Worker(ThreadWorker):
     """gthread, with requests read in full on the event loop before a thread takes them."""
 
@@ -160,7 +166,27 @@ class Worker(ThreadWorker):
             super().init_process()  # serves until a stop; a boot error propagates to gunicorn's handling
         except SystemExit as exc:  # SIGINT/SIGQUIT: gunicorn's quick stop
             self.app.exit_worker(exc.code if isinstance(exc.code, int) else 1)
+        except PreloadError:  # logged (preload_failed) in one line: no traceback, no bare line from gunicorn
+            self.app.exit_worker(BOOT_ERROR)
         self.app.exit_worker(0)
+
+    def load_wsgi(self) -> None:
+        """Build the app (and preload models) while telling the arbiter this worker is alive: its
+        heartbeat starts only in the serving loop, and a preload longer than gunicorn's `timeout` would
+        get the worker killed (SIGABRT) and booted again, over and over."""
+        done = threading.Event()
+
+        def heartbeat() -> None:
+            while not done.wait(1.0):
+                self.notify()
+
+        beat = threading.Thread(target=heartbeat, name="mlx-boot-heartbeat", daemon=True)
+        beat.start()
+        try:
+            super().load_wsgi()
+        finally:
+            done.set()
+            beat.join()
 
     # Every path to a thread (a new connection, a kept-alive one readable again, a pipelined request)
     # goes through enqueue_req: read the request first.

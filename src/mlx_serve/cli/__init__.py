@@ -18,6 +18,9 @@ from mlx_serve.settings import SettingsError, load_settings
 
 EXIT_CONFIG = 2
 PRINTING_COMMANDS = {"config", "list", "show", "ps", "status"}
+# Commands that help find out what is wrong or running: with bad settings they still run, on the settings
+# without the bad values, after the error. Everything else (start above all) refuses.
+DIAGNOSTIC_COMMANDS = {"config", "status", "list", "show", "stop", "ps"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,10 +33,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         loaded = load_settings(cli=cli_layer(args))
     except SettingsError as exc:
         print(exc, file=sys.stderr)
-        print("mlx-serve: not started: fix the settings above.", file=sys.stderr)
+        if args.command in DIAGNOSTIC_COMMANDS and exc.fallback is not None:
+            print(f"mlx-serve: the settings above are invalid; `{args.command}` goes on without them.", file=sys.stderr)
+            code = int(args.func(args, exc.fallback) or 0)
+            return EXIT_CONFIG if args.command == "config" else code
+        print(f"mlx-serve: {args.command}: not done: fix the settings above.", file=sys.stderr)
         # start: a code the service units list as not worth a restart
         return EXIT_SETTINGS if args.command == "start" else EXIT_CONFIG
-    return int(args.func(args, loaded) or 0)
+    try:
+        return int(args.func(args, loaded) or 0)
+    except KeyboardInterrupt:  # Ctrl-C in a pull, a wait, a listing: a line, not a traceback
+        print(f"mlx-serve: {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 __all__ = ["main"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 
 from mlx_serve import lifecycle
 from mlx_serve.cli.client import ClientError, ServerClient
@@ -22,9 +23,27 @@ def _fail(message: str, code: int = 1) -> int:
     return code
 
 
-def _running_server(settings: Settings, timeout: float = 30.0) -> ServerClient | None:
-    inst = lifecycle.inspect(home_dir(), settings.port)
+def _running_server(settings: Settings, timeout: float = 30.0, port_given: bool = True) -> ServerClient | None:
+    """The server on the `port` setting; without --port, also the only one running if that port has none."""
+    home = home_dir()
+    inst = lifecycle.inspect(home, settings.port)
+    if inst.state != "running" and not port_given:
+        running = [
+            i for i in map(partial(lifecycle.inspect, home), lifecycle.known_ports(home)) if i.state == "running"
+        ]
+        if len(running) > 1:
+            ports = ", ".join(str(i.port) for i in running)
+            raise ClientError(f"servers run on ports {ports}: name one with --port")
+        inst = running[0] if running else inst
     return ServerClient(inst.url, timeout) if inst.state == "running" else None
+
+
+def _server_for(args: argparse.Namespace, settings: Settings) -> ServerClient:
+    server = _running_server(settings, port_given=args.port is not None)
+    if server is None:
+        where = f"on port {settings.port}" if args.port is not None else "(no instance is known to be running)"
+        raise ClientError(f"no server is running {where}")
+    return server
 
 
 def cmd_pull(args: argparse.Namespace, loaded: LoadedSettings) -> int:
@@ -42,6 +61,7 @@ def cmd_pull(args: argparse.Namespace, loaded: LoadedSettings) -> int:
             quantize=args.quantize,
             report=writer.progress if writer else None,
             show_bars=sys.stderr.isatty() and writer is None,
+            replace=args.replace,
         )
     except KeyboardInterrupt:
         message, code = "the pull was interrupted; nothing was stored", 130
@@ -84,7 +104,7 @@ def cmd_show(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     else:
         width = max(len(k) for k in details)
         for key, value in details.items():
-            print(f"{key:<{width}}  {value}")
+            print(f"{key:<{width}}  {'-' if value is None else value}")
     return 0
 
 
@@ -103,9 +123,10 @@ def cmd_remove(args: argparse.Namespace, loaded: LoadedSettings) -> int:
 
 
 def cmd_ps(args: argparse.Namespace, loaded: LoadedSettings) -> int:
-    server = _running_server(loaded.settings)
-    if server is None:
-        return _fail(f"no server is running on port {loaded.settings.port}", 3)
+    try:
+        server = _server_for(args, loaded.settings)
+    except ClientError as exc:
+        return _fail(str(exc), 3)
     try:
         models = server.get("/api/ps")["models"]
     except ClientError as exc:
@@ -128,9 +149,10 @@ def cmd_ps(args: argparse.Namespace, loaded: LoadedSettings) -> int:
 
 
 def cmd_unload(args: argparse.Namespace, loaded: LoadedSettings) -> int:
-    server = _running_server(loaded.settings)
-    if server is None:
-        return _fail(f"no server is running on port {loaded.settings.port}", 3)
+    try:
+        server = _server_for(args, loaded.settings)
+    except ClientError as exc:
+        return _fail(str(exc), 3)
     try:
         answer = server.post("/api/unload", {"name": args.name})
     except ClientError as exc:

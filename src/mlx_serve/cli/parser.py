@@ -24,10 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     start.set_defaults(func=server.cmd_start)
 
     stop = sub.add_parser("stop", help="stop a running server (SIGTERM, then wait up to graceful_timeout)")
-    stop.add_argument("--port", type=int, help="the server's port (settings key: port)")
-    stop.add_argument("--all", action="store_true", help="every instance this user runs")
+    which = stop.add_mutually_exclusive_group()
+    which.add_argument("--port", type=int, help="the server's port (settings key: port)")
+    which.add_argument("--all", action="store_true", help="every instance this user runs")
     stop.add_argument("--force", action="store_true", help="SIGKILL what is still running after the wait")
-    stop.add_argument("--now", action="store_true", help="with --force: SIGKILL at once, without the wait")
+    stop.add_argument("--now", action="store_true", help="SIGKILL at once, without the wait (implies --force)")
     stop.set_defaults(func=server.cmd_stop)
 
     status = sub.add_parser("status", help="running / stale / stopped, PID, uptime, URL, memory, models")
@@ -48,11 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     unload = sub.add_parser("unload", help="unload a model from a running server (after its in-flight requests)")
     unload.add_argument("name")
-    unload.add_argument("--port", type=int, help="the server's port (settings key: port)")
+    unload.add_argument(
+        "--port", type=int, help="the server's port (default: the port setting, else the only one running)"
+    )
     unload.set_defaults(func=models.cmd_unload)
 
     ps = sub.add_parser("ps", help="the models a running server has loaded")
-    ps.add_argument("--port", type=int, help="the server's port (settings key: port)")
+    ps.add_argument("--port", type=int, help="the server's port (default: the port setting, else the only one running)")
     ps.add_argument("--json", action="store_true")
     ps.set_defaults(func=models.cmd_ps)
 
@@ -62,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("--type", choices=["embedding", "reranker"], help="default: detected from the files")
     pull.add_argument("--quantize", type=int, choices=[4, 8], help="quantize a decoder model's weights")
     pull.add_argument("--progress", choices=["bar", "json"], default="bar", help="json: NDJSON progress lines")
+    pull.add_argument(
+        "--replace", action="store_true", help="take over a name that means another model (e.g. the built-in one)"
+    )
     pull.set_defaults(func=models.cmd_pull)
 
     show = sub.add_parser("show", help="a stored model's details")

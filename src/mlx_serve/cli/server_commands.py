@@ -21,15 +21,17 @@ def cmd_config(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     if values.get("api_key"):
         values["api_key"] = "(set, not shown)"
     if args.json:
-        print(
-            json.dumps(
-                {k: {"value": v, "origin": loaded.origins.get(k, "defaults")} for k, v in values.items()}, indent=2
-            )
-        )
+        out: dict[str, Any] = {k: {"value": v, "origin": loaded.origins.get(k, "defaults")} for k, v in values.items()}
+        for key, (value, origin) in loaded.invalid.items():  # bad settings: what was set, and where
+            out.setdefault(key, {})["invalid"] = {"value": value, "origin": origin}
+        print(json.dumps(out, indent=2, default=str))
         return 0
     width = max(len(k) for k in values)
     for key, value in values.items():
         print(f"{key:<{width}}  {json.dumps(value):<24}  {loaded.origins.get(key, 'defaults')}")
+        if key in loaded.invalid:
+            bad, origin = loaded.invalid[key]
+            print(f"{'':<{width}}  invalid: {json.dumps(bad, default=str)} from {origin}")
     return 0
 
 
@@ -95,7 +97,8 @@ def cmd_stop(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     if not ports:
         print("no mlx-serve instances are known")
         return 0
-    return max(_stop_one(port, settings, home, args.force, args.now) for port in ports)
+    force = args.force or args.now  # --now alone would otherwise be a plain stop
+    return max(_stop_one(port, settings, home, force, args.now) for port in ports)
 
 
 def _stop_one(port: int, settings: Settings, home: Path, force: bool, now: bool) -> int:
@@ -133,7 +136,7 @@ def cmd_status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     ports = _ports(args, settings, home) or [settings.port]
     rows = [status_row(lifecycle.inspect(home, port)) for port in ports]
     if args.json:
-        print(json.dumps(rows if len(rows) > 1 or args.port is None else rows[0], indent=2))
+        print(json.dumps(rows, indent=2))  # always a list, every row with every field
     else:
         for row in rows:
             if row["state"] == "running":
@@ -156,8 +159,22 @@ def cmd_status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     return 1 if "stale" in states else 0 if "running" in states else 3
 
 
+STATUS_FIELDS = (
+    "pid",
+    "url",
+    "uptime_seconds",
+    "memory_bytes",
+    "models_loaded",
+    "mlx_memory",
+    "healthy",
+    "manager",
+    "reason",
+)
+
+
 def status_row(inst: lifecycle.Instance) -> dict[str, Any]:
-    row: dict[str, Any] = {"port": inst.port, "state": inst.state}
+    """One instance for `status --json`: the same fields whatever its state (null where they do not apply)."""
+    row: dict[str, Any] = {"port": inst.port, "state": inst.state, **dict.fromkeys(STATUS_FIELDS)}
     if inst.state == "stale":
         row["reason"] = inst.reason
     if inst.state == "running" and inst.record is not None:

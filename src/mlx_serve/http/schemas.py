@@ -338,6 +338,7 @@ class PullRequest(_Request):
     as_: str | None = Field(default=None, alias="as", min_length=1, description="The name in the store.")
     type: Literal["embedding", "reranker"] | None = None
     quantize: Literal[4, 8] | None = None
+    replace: StrictBool = Field(default=False, description="Take over a name that means another model.")
     stream: StrictBool = True
 
     @property

@@ -74,7 +74,9 @@ class PullResource:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         request = parse_pull_request(read_json_object(req, self.max_request_bytes))
         req.context.model = request.source
-        lines = self.runtime.pull(request.source, name=request.as_, type=request.type, quantize=request.quantize)
+        lines = self.runtime.pull(
+            request.source, name=request.as_, type=request.type, quantize=request.quantize, replace=request.replace
+        )
         if not request.stream:
             last = list(lines)[-1]
             if (error := pull_progress.error_of(last)) is not None:
