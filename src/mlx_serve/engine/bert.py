@@ -1,4 +1,8 @@
-"""A BERT-family encoder in MLX (BERT, MiniLM and the other `BertModel` checkpoints).
+"""The BERT family of encoders in MLX: BERT (MiniLM, bge-*-en, e5-*-v2, ms-marco cross-encoders),
+RoBERTa and XLM-RoBERTa (bge-m3, multilingual-e5, bge-reranker-*), and MPNet (all-mpnet-base-v2). They
+share one post-norm layer; they differ in their weights' names, in where positions start (RoBERTa's and
+MPNet's after the padding id), in segment embeddings (none in MPNet), in MPNet's relative position bias
+added to every layer's attention scores, and in the classification head.
 
 Weights are kept as plain arrays; every Linear weight is stored pre-transposed and contiguous, because
 a matmul against a transposed view runs about 1.5x slower on CPU.
@@ -13,6 +17,7 @@ from functools import partial
 from pathlib import Path
 
 import mlx.core as mx
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,13 @@ class BertConfig:
     type_vocab_size: int = 2
     layer_norm_eps: float = 1e-12
     hidden_act: str = "gelu"
+    model_type: str = "bert"
+    pad_token_id: int = 0
+
+    @property
+    def position_offset(self) -> int:
+        """RoBERTa's and MPNet's first position is the padding id + 1 (their position ids count from there)."""
+        return self.pad_token_id + 1 if self.model_type in OFFSET_POSITIONS else 0
 
     @classmethod
     def from_dict(cls, cfg: dict) -> BertConfig:
@@ -151,8 +163,37 @@ class Kernels:
         return cls(gelu_rational, written_attention(_softmax))
 
 
+OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "mpnet"}
+
+
+@dataclass(frozen=True)
+class LayerNames:
+    """Where a layer's weights are, by family."""
+
+    q: str
+    k: str
+    v: str
+    attn_out: str
+    attn_norm: str
+    up: str = "intermediate.dense"
+    down: str = "output.dense"
+    out_norm: str = "output.LayerNorm"
+
+
+BERT_NAMES = LayerNames(
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "attention.output.LayerNorm",
+)
+MPNET_NAMES = LayerNames(
+    "attention.attn.q", "attention.attn.k", "attention.attn.v", "attention.attn.o", "attention.LayerNorm"
+)
+
+
 class BertLayer:
-    def __init__(self, w: dict[str, mx.array], p: str, cfg: BertConfig, kernels: Kernels) -> None:
+    def __init__(self, w: dict[str, mx.array], p: str, cfg: BertConfig, kernels: Kernels, names: LayerNames) -> None:
         def lin(name: str) -> Linear:
             return Linear(w[f"{p}{name}.weight"], w[f"{p}{name}.bias"])
 
@@ -162,14 +203,14 @@ class BertLayer:
         # Q, K and V fused into one matmul: one pass over the activations instead of three. The
         # attention scale is folded into Q's weights, which saves a strided pass over Q per layer.
         scale = 1.0 / math.sqrt(cfg.hidden_size // cfg.num_attention_heads)
-        q, k, v = (w[f"{p}attention.self.{n}.weight"] for n in ("query", "key", "value"))
-        qb, kb, vb = (w[f"{p}attention.self.{n}.bias"] for n in ("query", "key", "value"))
+        q, k, v = (w[f"{p}{n}.weight"] for n in (names.q, names.k, names.v))
+        qb, kb, vb = (w[f"{p}{n}.bias"] for n in (names.q, names.k, names.v))
         self.qkv = Linear(mx.concatenate([q * scale, k, v]), mx.concatenate([qb * scale, kb, vb]))
-        self.attn_out = lin("attention.output.dense")
-        self.attn_norm = norm("attention.output.LayerNorm")
-        self.up = lin("intermediate.dense")
-        self.down = lin("output.dense")
-        self.out_norm = norm("output.LayerNorm")
+        self.attn_out = lin(names.attn_out)
+        self.attn_norm = norm(names.attn_norm)
+        self.up = lin(names.up)
+        self.down = lin(names.down)
+        self.out_norm = norm(names.out_norm)
         self.heads = cfg.num_attention_heads
         self.kernels = kernels
 
@@ -187,11 +228,13 @@ class BertEncoder:
     def __init__(self, cfg: BertConfig, weights: dict[str, mx.array], kernels: Kernels) -> None:
         self.config = cfg
         w = _strip_prefix(weights)
+        names = MPNET_NAMES if cfg.model_type == "mpnet" else BERT_NAMES
         self.word = w["embeddings.word_embeddings.weight"]
         self.position = w["embeddings.position_embeddings.weight"]
-        self.token_type = w["embeddings.token_type_embeddings.weight"]
+        self.token_type = w.get("embeddings.token_type_embeddings.weight")  # MPNet has none
         self.emb_norm = LayerNorm(w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], cfg.layer_norm_eps)
-        self.layers = [BertLayer(w, f"encoder.layer.{i}.", cfg, kernels) for i in range(cfg.num_hidden_layers)]
+        self.layers = [BertLayer(w, f"encoder.layer.{i}.", cfg, kernels, names) for i in range(cfg.num_hidden_layers)]
+        self.relative_bias = w.get("encoder.relative_attention_bias.weight")  # MPNet: (buckets, heads)
         self.extra = {k: v for k, v in w.items() if not k.startswith(("embeddings.", "encoder."))}
 
     @classmethod
@@ -209,7 +252,8 @@ class BertEncoder:
         return cls(cfg, weights, kernels)
 
     def arrays(self) -> list[mx.array]:
-        out = [self.word, self.position, self.token_type, self.emb_norm.weight, self.emb_norm.bias]
+        out = [self.word, self.position, self.emb_norm.weight, self.emb_norm.bias]
+        out += [a for a in (self.token_type, self.relative_bias) if a is not None]
         for layer in self.layers:
             for part in (layer.qkv, layer.attn_out, layer.up, layer.down):
                 out += [part.weight_t, part.bias]
@@ -219,26 +263,56 @@ class BertEncoder:
 
     def __call__(self, ids: mx.array, mask: mx.array, padded: bool, type_ids: mx.array | None = None) -> mx.array:
         length = ids.shape[1]
-        segments = self.token_type[0] if type_ids is None else self.token_type[type_ids]
-        x = self.word[ids] + self.position[:length] + segments
+        offset = self.config.position_offset  # right-padded: a text's tokens are at offset, offset + 1, ...
+        x = self.word[ids] + self.position[offset : offset + length]
+        if self.token_type is not None:
+            x = x + (self.token_type[0] if type_ids is None else self.token_type[type_ids])
         x = self.emb_norm(x)
         # Without padding, attention needs no mask at all, which is markedly faster on CPU.
         attn_mask = None
         if padded:
             attn_mask = mx.where(mask[:, None, None, :] > 0, 0.0, -1e9).astype(x.dtype)
+        if self.relative_bias is not None:  # MPNet: the same bias in every layer, padding or not
+            bias = relative_position_bias(self.relative_bias, length).astype(x.dtype)
+            attn_mask = bias if attn_mask is None else attn_mask + bias
         for layer in self.layers:
             x = layer(x, attn_mask)
         return x
 
 
+def relative_position_bias(table: mx.array, length: int, max_distance: int = 128) -> mx.array:
+    """MPNet's bias (1, heads, L, L) from its table of 32 buckets: exact for distances under 8 each way,
+    log-spaced up to `max_distance` (transformers' MPNetEncoder.relative_position_bucket)."""
+    half = table.shape[0] // 2
+    position = np.arange(length)
+    n = position[:, None] - position[None, :]  # query - key
+    bucket = (n < 0) * half
+    n = np.abs(n)
+    exact = half // 2
+    # In float32, as transformers computes it: a bucket boundary must fall where it falls there.
+    ratio = np.log(np.maximum(n, 1).astype(np.float32) / np.float32(exact)) / np.float32(math.log(max_distance / exact))
+    large = exact + (ratio * np.float32(half - exact)).astype(np.int64)
+    bucket = bucket + np.where(n < exact, n, np.minimum(large, half - 1))
+    return table[mx.array(bucket)].transpose(2, 0, 1)[None]
+
+
 class SequenceClassifier:
-    """BertForSequenceClassification's head: tanh pooler over [CLS], then a linear layer to the logits."""
+    """A *ForSequenceClassification head over the first token: BERT's tanh pooler then a linear layer;
+    RoBERTa's, XLM-RoBERTa's and MPNet's dense + tanh then `out_proj`. The logits (B, labels)."""
 
     def __init__(self, encoder: BertEncoder) -> None:
         w = encoder.extra
         self.encoder = encoder
-        self.pooler = Linear(w["pooler.dense.weight"], w["pooler.dense.bias"])
-        self.classifier = Linear(w["classifier.weight"], w["classifier.bias"])
+        if "classifier.out_proj.weight" in w:
+            self.pooler = Linear(w["classifier.dense.weight"], w["classifier.dense.bias"])
+            self.classifier = Linear(w["classifier.out_proj.weight"], w["classifier.out_proj.bias"])
+        else:
+            self.pooler = Linear(w["pooler.dense.weight"], w["pooler.dense.bias"])
+            self.classifier = Linear(w["classifier.weight"], w["classifier.bias"])
+
+    @property
+    def labels(self) -> int:
+        return self.classifier.bias.shape[0]
 
     def __call__(self, ids: mx.array, type_ids: mx.array, mask: mx.array, padded: bool) -> mx.array:
         hidden = self.encoder(ids, mask, padded, type_ids)
@@ -247,7 +321,7 @@ class SequenceClassifier:
 
 def _strip_prefix(weights: dict[str, mx.array]) -> dict[str, mx.array]:
     """Checkpoints saved from *ForXxx heads prefix the encoder with `bert.` (or `model.`)."""
-    for prefix in ("bert.", "model.", "roberta."):
+    for prefix in ("bert.", "model.", "roberta.", "mpnet."):
         if any(k.startswith(prefix + "embeddings.") for k in weights):
             return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in weights.items()}
     return weights

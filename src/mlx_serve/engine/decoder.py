@@ -44,11 +44,14 @@ class DecoderStack:
         self.config = config
 
     @classmethod
-    def load(cls, model_dir: Path, dtype: Callable[[mx.Dtype], mx.Dtype]) -> DecoderStack:
-        """`dtype` picks the compute dtype from the checkpoint's (a quantized model keeps its own)."""
+    def load(
+        cls, model_dir: Path, dtype: Callable[[mx.Dtype], mx.Dtype], overrides: dict[str, Any] | None = None
+    ) -> DecoderStack:
+        """`dtype` picks the compute dtype from the checkpoint's (a quantized model keeps its own);
+        `overrides` correct config values mlx-lm would read otherwise (see gemma3.py)."""
         from mlx.utils import tree_flatten
 
-        model, config = load_model(model_dir, get_model_classes=_classes_for_any_checkpoint)
+        model, config = load_model(model_dir, model_config=overrides, get_model_classes=_classes_for_any_checkpoint)
         if not config.get("quantization"):
             stored = next(v for _, v in tree_flatten(model.parameters())).dtype
             model.set_dtype(dtype(stored))

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 
 from mlx_serve.engine.batching import BatchRunner, Seq
-from mlx_serve.engine.pooling import PoolingConfig, l2_normalize, pool
+from mlx_serve.engine.pooling import l2_normalize, pool
+from mlx_serve.engine.st_layout import Layout, prompt_for
 from mlx_serve.engine.tokenizer import Input, TextTokenizer, Truncation
 
 # (ids, mask, padded) -> hidden states (B, L, D)
@@ -22,7 +24,28 @@ class Embeddings:
     token_counts: list[int]  # tokens each input used after truncation, special tokens included
 
 
+class DenseLayer:
+    """A sentence-transformers Dense module (run in float32, after pooling)."""
+
+    def __init__(self, weight: mx.array, bias: mx.array | None, activation: str) -> None:
+        self.weight_t = mx.contiguous(weight.astype(mx.float32).T)
+        self.bias = None if bias is None else bias.astype(mx.float32)
+        self.activation = activation
+
+    @classmethod
+    def load(cls, folder: Path, activation: str) -> DenseLayer:
+        w = mx.load(str(folder / "model.safetensors"))
+        return cls(w["linear.weight"], w.get("linear.bias"), activation)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        x = x @ self.weight_t if self.bias is None else mx.addmm(self.bias, x, self.weight_t)
+        return mx.tanh(x) if self.activation == "tanh" else x
+
+
 class Embedder:
+    """Vectors as the model's sentence-transformers files describe them (st_layout): pooling, Dense
+    modules, normalisation, and the model's named prompts."""
+
     type = "embedding"
 
     def __init__(
@@ -30,23 +53,30 @@ class Embedder:
         name: str,
         forward: Forward,
         tokenizer: TextTokenizer,
-        pooling: PoolingConfig,
-        dimensions: int,
+        layout: Layout,
+        hidden_size: int,
         pad_id: int,
         arrays: Callable[[], list[mx.array]],
         streams: Sequence[mx.Stream] = (),
         query_template: str | None = None,
         default_instruction: str | None = None,
+        architecture: str = "",
     ) -> None:
         self.name = name
         self.forward = forward
         self.tokenizer = tokenizer
-        self.pooling = pooling
-        self.dimensions = dimensions
+        self.layout = layout
+        self.dense = [DenseLayer.load(d.path, d.activation) for d in layout.dense]
+        self.dimensions = layout.dimensions(hidden_size)
         self.query_template = query_template
         self.default_instruction = default_instruction
+        self.architecture = architecture
         self._arrays = arrays
         self.runner = BatchRunner(self._head, pad_id, "right", streams)
+
+    @property
+    def normalize(self) -> bool:
+        return self.layout.normalize
 
     @property
     def max_length(self) -> int:
@@ -57,11 +87,13 @@ class Embedder:
         return self.runner.streams
 
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in self._arrays())
+        return sum(a.nbytes for a in self._arrays()) + sum(d.weight_t.nbytes for d in self.dense)
 
     def _head(self, ids: mx.array, type_ids: mx.array, mask: mx.array, padded: bool) -> mx.array:
-        out = pool(self.forward(ids, mask, padded), mask, self.pooling.mode)
-        return l2_normalize(out) if self.pooling.normalize else out
+        out = pool(self.forward(ids, mask, padded), mask, self.layout.pooling)  # type: ignore[arg-type]
+        for dense in self.dense:
+            out = dense(out)
+        return l2_normalize(out) if self.layout.normalize else out
 
     def apply_instruction(self, inputs: Sequence[Input], instruction: str | None) -> list[Input]:
         """Texts as the model card wants queries written, e.g. Qwen3's `Instruct: {task}\\nQuery:{text}`."""
@@ -73,18 +105,44 @@ class Embedder:
             self.query_template.format(instruction=instruction, text=x) if isinstance(x, str) else x for x in inputs
         ]
 
+    def prompted(
+        self,
+        inputs: Sequence[Input],
+        instruction: str | None = None,
+        input_type: str | None = None,
+        prompt_name: str | None = None,
+    ) -> list[Input]:
+        """Texts as the model wants them: with an instruction in the model's query format (Qwen3), or
+        with the model's named prompt before them, as sentence-transformers' encode(prompt_name=...) does:
+        `prompt_name`, else the prompt for `input_type`, else the model's default prompt."""
+        if instruction or (self.query_template and input_type == "query" and prompt_name is None):
+            return self.apply_instruction(inputs, instruction or self.default_instruction)
+        prompt = prompt_for(self.layout, prompt_name, input_type)
+        return [prompt + x if isinstance(x, str) else x for x in inputs] if prompt else list(inputs)
+
     def tokenize(
-        self, inputs: Sequence[Input], instruction: str | None = None, truncate: bool | Truncation = True
+        self,
+        inputs: Sequence[Input],
+        instruction: str | None = None,
+        truncate: bool | Truncation = True,
+        input_type: str | None = None,
+        prompt_name: str | None = None,
     ) -> list[Seq]:
-        return self.tokenizer.encode(self.apply_instruction(inputs, instruction), truncate)
+        return self.tokenizer.encode(self.prompted(inputs, instruction, input_type, prompt_name), truncate)
 
     def run(self, seqs: Sequence[Seq], max_batch_tokens: int) -> np.ndarray:
         return self.runner.run(seqs, max_batch_tokens)
 
     def embed(
-        self, inputs: Sequence[Input], max_batch_tokens: int, instruction: str | None = None, truncate: bool = True
+        self,
+        inputs: Sequence[Input],
+        max_batch_tokens: int,
+        instruction: str | None = None,
+        truncate: bool = True,
+        input_type: str | None = None,
+        prompt_name: str | None = None,
     ) -> Embeddings:
-        seqs = self.tokenize(inputs, instruction, truncate)
+        seqs = self.tokenize(inputs, instruction, truncate, input_type, prompt_name)
         return Embeddings(self.run(seqs, max_batch_tokens), [len(s) for s in seqs])
 
 

@@ -1,8 +1,12 @@
-"""Loading a model directory in the Hugging Face layout: the architecture is read from config.json.
+"""Loading a model directory in the Hugging Face layout: the family is read from config.json (families.py),
+the way its vectors are made from its sentence-transformers files (st_layout.py).
 
-- `model_type: bert`: our MLX BERT encoder; with a `*ForSequenceClassification` head, a cross-encoder.
-- anything else: a decoder through mlx-lm (Qwen3 and the other architectures it ships): an embedding
-  model (last-token pooling), or, as a reranker, the Qwen3-Reranker recipe.
+- BERT, RoBERTa, XLM-RoBERTa, MPNet: our MLX encoder (bert.py); with a `*ForSequenceClassification`
+  head, a cross-encoder.
+- Qwen3: a causal decoder through mlx-lm: an embedding model (last-token pooling unless its files say
+  otherwise), or, as a reranker, the Qwen3-Reranker recipe.
+- Gemma3 with bidirectional attention (EmbeddingGemma): mlx-lm's layers run as an encoder (gemma3.py).
+- anything else: refused, in one sentence.
 """
 
 from __future__ import annotations
@@ -15,15 +19,15 @@ from pathlib import Path
 import mlx.core as mx
 
 from mlx_serve import blas, jit
+from mlx_serve.engine import families, st_layout
 from mlx_serve.engine.batching import BatchRunner
 from mlx_serve.engine.bert import BertConfig, BertEncoder, Kernels, SequenceClassifier
 from mlx_serve.engine.decoder import DecoderStack
 from mlx_serve.engine.embedder import Embedder
-from mlx_serve.engine.pooling import PoolingConfig
+from mlx_serve.engine.gemma3 import Gemma3Encoder
 from mlx_serve.engine.reranker import DEFAULT_INSTRUCTION, CrossEncoder, Qwen3Reranker, Reranker, cross_encoder_head
 from mlx_serve.engine.tokenizer import TextTokenizer
 
-BERT_FAMILY = {"bert"}
 # Qwen3-Embedding's query format, from its model card.
 QWEN3_QUERY_TEMPLATE = "Instruct: {instruction}\nQuery:{text}"
 RERANKER_MAX_LENGTH = 8192  # Qwen3-Reranker's model card
@@ -57,8 +61,11 @@ def inference_streams() -> list[mx.Stream]:
 
 
 def max_seq_length(model_dir: Path, config: dict) -> int:
-    """sentence-transformers' max_seq_length if given, else the tokenizer's, capped by the positions."""
+    """sentence-transformers' max_seq_length if given, else the tokenizer's, capped by the positions (of
+    which RoBERTa's and MPNet's first padding id + 1 are not a text's)."""
     limit = int(config.get("max_position_embeddings", 512))
+    if config.get("model_type") in {"roberta", "xlm-roberta", "camembert", "mpnet"}:
+        limit -= int(config.get("pad_token_id", 1)) + 1
     st = model_dir / "sentence_bert_config.json"
     if st.exists():
         value = json.loads(st.read_text()).get("max_seq_length")
@@ -111,32 +118,62 @@ def _load(
     tokenizer_file = model_dir / "tokenizer.json"
     if not tokenizer_file.exists():
         raise UnsupportedModelError(f"{model_dir} has no tokenizer.json")
-    arch = config.get("model_type", "")
+    try:
+        families.check(config, type)
+        layout = st_layout.read(
+            model_dir, default_pooling="last" if families.family(config) in families.DECODERS else "mean"
+        )
+    except (families.UnsupportedArchitecture, st_layout.UnsupportedLayout) as exc:
+        raise UnsupportedModelError(f"{name}: {exc}") from None
+    arch = families.family(config)
     archs = config.get("architectures") or []
+    architecture = archs[0] if archs else arch
     streams = inference_streams()
-    if arch in BERT_FAMILY:
+    to_dtype = partial(compute_dtype, dtype)
+    if arch in families.ENCODERS:
         kernels = Kernels.choose(gpu=mx.default_device() == mx.gpu, native_cpu=jit.enable().native)
-        encoder = BertEncoder.load(model_dir, BertConfig.from_dict(config), partial(compute_dtype, dtype), kernels)
+        encoder = BertEncoder.load(model_dir, BertConfig.from_dict(config), to_dtype, kernels)
         mx.eval(encoder.arrays())
         tokenizer = TextTokenizer(tokenizer_file, max_seq_length(model_dir, config))
         pad_id = int(config.get("pad_token_id", 0))
         if any(a.endswith("ForSequenceClassification") for a in archs):
             if type != "reranker":
                 raise UnsupportedModelError(f"{name} is a cross-encoder: it reranks, it does not embed")
-            head = cross_encoder_head(SequenceClassifier(encoder))
+            classifier = SequenceClassifier(encoder)
+            if classifier.labels > 2:
+                raise UnsupportedModelError(f"{name}: a classifier of {classifier.labels} labels is not a reranker")
+            head = cross_encoder_head(classifier, classifier.labels)
             return CrossEncoder(name, tokenizer, BatchRunner(head, pad_id, "right", streams), encoder.arrays)
+        if type == "reranker":
+            raise UnsupportedModelError(f"{name} ({architecture}) has no head that scores pairs: it cannot rerank")
         return Embedder(
             name,
             encoder,
             tokenizer,
-            PoolingConfig.from_sentence_transformers(model_dir),
+            layout,
             encoder.config.hidden_size,
             pad_id,
             encoder.arrays,
             streams,
+            architecture=architecture,
+        )
+    if arch in families.BIDIRECTIONAL:
+        gemma = Gemma3Encoder.load(model_dir, config, to_dtype)
+        mx.eval(gemma.arrays())
+        tokenizer = TextTokenizer(tokenizer_file, max_seq_length(model_dir, config))
+        return Embedder(
+            name,
+            gemma,
+            tokenizer,
+            layout,
+            int(config["hidden_size"]),
+            gemma.pad_id,
+            gemma.arrays,
+            streams,
+            architecture=architecture,
         )
     try:
-        stack = DecoderStack.load(model_dir, partial(compute_dtype, dtype))
+        stack = DecoderStack.load(model_dir, to_dtype)
     except ValueError as exc:  # mlx-lm does not know the architecture
         raise UnsupportedModelError(f"{name}: {exc}") from exc
     mx.eval(stack.arrays())
@@ -145,16 +182,16 @@ def _load(
         return Qwen3Reranker(
             name, TextTokenizer(tokenizer_file, limit), stack, streams, instruction or DEFAULT_INSTRUCTION
         )
-    is_qwen3 = arch.startswith("qwen3")
     return Embedder(
         name,
         stack,
         TextTokenizer(tokenizer_file, max_seq_length(model_dir, config)),
-        PoolingConfig.from_sentence_transformers(model_dir, default="last"),
+        layout,
         int(config["hidden_size"]),
         stack.pad_id,
         stack.arrays,
         streams,
-        query_template=QWEN3_QUERY_TEMPLATE if is_qwen3 else None,
-        default_instruction=(instruction or DEFAULT_INSTRUCTION) if is_qwen3 else instruction,
+        query_template=QWEN3_QUERY_TEMPLATE,
+        default_instruction=instruction or DEFAULT_INSTRUCTION,
+        architecture=architecture,
     )

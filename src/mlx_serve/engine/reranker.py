@@ -1,6 +1,7 @@
 """Rerankers: score (query, document) pairs. Three kinds:
 
-- cross-encoders (BERT `*ForSequenceClassification`, one logit): sigmoid of the logit;
+- cross-encoders (BERT, XLM-RoBERTa, MPNet `*ForSequenceClassification`): the sigmoid of one logit, or
+  with two labels the softmax probability of the second;
 - Qwen3-Reranker (a causal LM): the official prompt, then P("yes") from a softmax over the last
   position's "no"/"yes" logits;
 - an embedding model: cosine similarity of the query's and each document's vectors.
@@ -82,9 +83,13 @@ class CrossEncoder(Reranker):
         return self.tokenizer.encode_pairs([(query, d) for d in documents], truncate)
 
 
-def cross_encoder_head(classifier: Callable[..., mx.array]) -> Callable[..., mx.array]:
+def cross_encoder_head(classifier: Callable[..., mx.array], labels: int = 1) -> Callable[..., mx.array]:
+    """One label: sigmoid of its logit (sentence-transformers' CrossEncoder). Two: the probability of the
+    second label ("relevant"), a softmax over both."""
+
     def head(ids: mx.array, type_ids: mx.array, mask: mx.array, padded: bool) -> mx.array:
-        return mx.sigmoid(classifier(ids, type_ids, mask, padded)[:, :1].astype(mx.float32))
+        logits = classifier(ids, type_ids, mask, padded).astype(mx.float32)
+        return mx.sigmoid(logits[:, :1]) if labels == 1 else mx.softmax(logits, axis=-1)[:, 1:2]
 
     return head
 
@@ -138,9 +143,9 @@ class EmbeddingRanker(Reranker):
         super().__init__(embedder.name, embedder.tokenizer, embedder.runner, embedder._arrays)
 
     def tokenize(self, query: str, documents: Sequence[str], instruction: str | None, truncate: bool) -> list[Seq]:
-        # The query as a query (with the model's instruction, if it takes one), the documents as they are.
-        task = instruction or self.embedder.default_instruction
-        return self.embedder.tokenize([query], task, truncate) + self.embedder.tokenize(documents, None, truncate)
+        # The query as a query (the model's instruction or query prompt), the documents as documents.
+        query_seqs = self.embedder.tokenize([query], instruction, truncate, input_type="query")
+        return query_seqs + self.embedder.tokenize(documents, None, truncate, input_type="document")
 
     def run(self, seqs: Sequence[Seq], max_batch_tokens: int) -> np.ndarray:
         return self.embedder.run(seqs, max_batch_tokens)

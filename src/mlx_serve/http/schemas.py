@@ -217,6 +217,8 @@ class EmbeddingRequest(_Request):
     # task, `document` none; `instruction` sets the task explicitly.
     input_type: Literal["query", "document"] | None = None
     instruction: str | None = None
+    # A prompt of the model's own (sentence-transformers' prompts: `GET /api/show` lists them).
+    prompt_name: str | None = Field(default=None, min_length=1)
     truncate: StrictBool | None = None
     keep_alive: KeepAlive = None
 
@@ -403,6 +405,7 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str
     type: Literal["embedding", "reranker"]
+    architecture: str | None = None
 
 
 class CohereError(BaseModel):
@@ -512,6 +515,7 @@ class ModelDetails(TagDetails):
     type: Literal["embedding", "reranker"]
     path: str | None = None
     size: int | None = None
+    prompts: dict[str, str] = Field(default_factory=dict, description="named prompts, for prompt_name")
 
 
 class StatusResponse(BaseModel):

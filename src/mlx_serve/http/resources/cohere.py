@@ -18,12 +18,13 @@ from mlx_serve.http.schemas import parse_cohere_embed_request, parse_cohere_rera
 from mlx_serve.quantization import quantize
 from mlx_serve.runtime import InputType, Runtime
 
-# Cohere's input types -> the model's prompts: queries get the model's query prompt, the rest none.
-INPUT_TYPES: dict[str, InputType | None] = {
+# Cohere's input types -> the model's prompts (st_layout.PROMPT_NAMES: a model without a prompt for one
+# embeds the text as it is).
+INPUT_TYPES: dict[str, InputType] = {
     "search_query": "query",
     "search_document": "document",
-    "classification": None,
-    "clustering": None,
+    "classification": "classification",
+    "clustering": "clustering",
 }
 
 

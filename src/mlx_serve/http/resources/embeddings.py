@@ -29,6 +29,7 @@ class EmbeddingsResource:
                 dimensions=request.dimensions,
                 instruction=request.instruction,
                 input_type=request.input_type,
+                prompt_name=request.prompt_name,
                 truncate=request.truncate,
                 keep_alive=request.keep_alive,
             )

@@ -13,7 +13,14 @@ from mlx_serve.store import InvalidNameError, ModelEntry
 
 
 def card(entry: ModelEntry) -> dict[str, Any]:
-    return {"id": entry.name, "object": "model", "created": entry.created, "owned_by": "mlx-serve", "type": entry.type}
+    return {
+        "id": entry.name,
+        "object": "model",
+        "created": entry.created,
+        "owned_by": "mlx-serve",
+        "type": entry.type,
+        "architecture": entry.architecture or None,
+    }
 
 
 class ModelsResource:
