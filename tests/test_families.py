@@ -37,6 +37,8 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "xlmr-rr2": tiny_models.xlm_roberta(root / "xlmr-rr2", "reranker", seed=33, labels=2),
         "mpnet": tiny_models.mpnet(root / "mpnet", seed=34),
         "gemma": tiny_models.embedding_gemma(root / "gemma", seed=35),
+        "modernbert": tiny_models.modernbert(root / "modernbert", "embedding", seed=36),
+        "modernbert-rr": tiny_models.modernbert(root / "modernbert-rr", "reranker", seed=37),
     }
 
 
@@ -73,7 +75,7 @@ def reference(folder: Path, **kwargs) -> np.ndarray:
     return SentenceTransformer(str(folder), device="cpu").encode(TEXTS, convert_to_numpy=True, **kwargs)
 
 
-@pytest.mark.parametrize("name", ["xlmr-emb", "mpnet", "gemma"])
+@pytest.mark.parametrize("name", ["xlmr-emb", "mpnet", "gemma", "modernbert"])
 def test_embeddings_match_sentence_transformers(app: App, folders, name: str) -> None:
     ours = embed(app, name, TEXTS)
     expected = reference(folders[name])
@@ -82,7 +84,7 @@ def test_embeddings_match_sentence_transformers(app: App, folders, name: str) ->
     np.testing.assert_allclose(ours, expected, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["xlmr-emb", "mpnet", "gemma"])
+@pytest.mark.parametrize("name", ["xlmr-emb", "mpnet", "gemma", "modernbert"])
 def test_a_padded_batch_equals_each_text_alone(app: App, name: str) -> None:
     together = embed(app, name, TEXTS)
     alone = np.concatenate([embed(app, name, [t]) for t in TEXTS])
@@ -120,13 +122,13 @@ def test_an_unknown_prompt_name_is_a_400_naming_the_prompts(app: App) -> None:
     assert "Clustering" in result.json["error"]["message"]
 
 
-@pytest.mark.parametrize("name", ["xlmr-rr", "xlmr-rr2"])
-def test_xlm_roberta_rerankers_match_transformers(app: App, folders, name: str) -> None:
+@pytest.mark.parametrize("name", ["xlmr-rr", "xlmr-rr2", "modernbert-rr"])
+def test_cross_encoders_match_transformers(app: App, folders, name: str) -> None:
     import torch
     from tokenizers import Tokenizer
-    from transformers import XLMRobertaForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
-    ref = XLMRobertaForSequenceClassification.from_pretrained(folders[name]).eval()
+    ref = AutoModelForSequenceClassification.from_pretrained(folders[name]).eval()
     tok = Tokenizer.from_file(str(folders[name] / "tokenizer.json"))
     expected = []
     for doc in TEXTS:
@@ -148,28 +150,26 @@ def test_models_and_show_report_architecture_and_prompts(app: App) -> None:
     assert cards["xlmr-rr"]["architecture"] == "XLMRobertaForSequenceClassification"
     assert cards["mpnet"]["architecture"] == "MPNetModel"
     assert cards["gemma"]["architecture"] == "Gemma3TextModel"
+    assert cards["modernbert"]["architecture"] == "ModernBertModel"
     shown = app.client.simulate_post("/api/show", json={"name": "gemma"}).json
     assert shown["prompts"] == tiny_models.EMBEDDING_GEMMA_PROMPTS
 
 
 def test_an_unsupported_architecture_is_refused_at_pull_in_one_sentence(tmp_path: Path) -> None:
-    from transformers import ModernBertConfig, ModernBertModel
+    from transformers import FunnelConfig, FunnelModel
 
-    folder = tmp_path / "modernbert"
+    folder = tmp_path / "funnel"
     folder.mkdir()
-    tiny_models.wordpiece_tokenizer(
-        folder, ["[PAD]", "[UNK]", "[CLS]", "[SEP]"], "[CLS] $A [SEP]", "[CLS] $A [SEP] $B [SEP]", 64
-    )
-    # ModernBERT's default vocabulary (its special ids lie past 50,000).
-    config = ModernBertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
-    ModernBertModel(config).save_pretrained(folder, safe_serialization=True)
+    tiny_models.wordpiece_tokenizer(folder, tiny_models.BERT_SPECIALS, "[CLS] $A [SEP]", "[CLS] $A [SEP] $B [SEP]", 64)
+    config = FunnelConfig(vocab_size=300, block_sizes=[1, 1], d_model=32, n_head=4, d_head=8, d_inner=64)
+    FunnelModel(config).save_pretrained(folder, safe_serialization=True)
     store = ModelStore(tmp_path / "store")
     with pytest.raises(StoreError) as err:
         pull(store, str(folder))
     message = str(err.value)
-    assert "ModernBert" in message and "XLM-RoBERTa" in message and "EmbeddingGemma" in message
+    assert "FunnelModel" in message and "XLM-RoBERTa" in message and "EmbeddingGemma" in message
     assert "\n" not in message and "Traceback" not in message
-    assert store.get("modernbert") is None
+    assert store.get("funnel") is None
 
 
 def test_a_causal_gemma3_is_not_served_as_an_embedding_model(tmp_path: Path, folders) -> None:

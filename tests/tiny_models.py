@@ -311,3 +311,37 @@ def embedding_gemma(path: Path, seed: int = 0) -> Path:
         path, 64, "mean", dense=[(64, 96), (96, 64)], prompts=EMBEDDING_GEMMA_PROMPTS, max_seq_length=200, seed=seed
     )
     return path
+
+
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def modernbert(path: Path, kind: str, seed: int = 0) -> Path:
+    """kind: "embedding" (a ModernBertModel with sentence-transformers files, CLS pooling like
+    gte-modernbert-base) or "reranker" (ModernBertForSequenceClassification). Local layers see 2 tokens
+    either way, so that texts are longer than their window."""
+    from transformers import ModernBertConfig, ModernBertForSequenceClassification, ModernBertModel
+
+    path.mkdir(parents=True, exist_ok=True)
+    ids = wordpiece_tokenizer(path, BERT_SPECIALS, "[CLS] $A [SEP]", "[CLS] $A [SEP] $B [SEP]", 256)
+    config = ModernBertConfig(
+        vocab_size=300,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=64,
+        local_attention=4,
+        global_attn_every_n_layers=2,
+        max_position_embeddings=256,
+        pad_token_id=ids["[PAD]"],
+        bos_token_id=ids["[CLS]"],
+        eos_token_id=ids["[SEP]"],
+        cls_token_id=ids["[CLS]"],
+        sep_token_id=ids["[SEP]"],
+        num_labels=1,
+    )
+    cls = ModernBertModel if kind == "embedding" else ModernBertForSequenceClassification
+    _randomized(cls(config), seed).save_pretrained(path, safe_serialization=True)
+    if kind == "embedding":
+        sentence_transformers_files(path, 32, "cls", max_seq_length=200)
+    return path

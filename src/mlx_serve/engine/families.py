@@ -9,20 +9,20 @@ from __future__ import annotations
 
 from typing import Any
 
-ENCODERS = {"bert", "roberta", "xlm-roberta", "mpnet"}  # engine/bert.py
+ENCODERS = {"bert", "roberta", "xlm-roberta", "mpnet", "modernbert"}  # engine/bert.py, engine/modernbert.py
 DECODERS = {"qwen3"}  # causal, through mlx-lm (engine/decoder.py)
 BIDIRECTIONAL = {"gemma3_text"}  # decoder weights run as an encoder (engine/gemma3.py)
 SUPPORTED = (
     "BERT (all-MiniLM-L6-v2, bge-*-en-v1.5, e5-*-v2, ms-marco cross-encoders), "
     "XLM-RoBERTa and RoBERTa (bge-m3, multilingual-e5-*, paraphrase-multilingual-*, bge-reranker-v2-m3, "
     "bge-reranker-base/large), MPNet (all-mpnet-base-v2, multi-qa-mpnet-base-*), "
+    "ModernBERT (gte-modernbert-base, modernbert-embed-base, gte-reranker-modernbert-base), "
     "Qwen3 (Qwen3-Embedding-*, Qwen3-Reranker-*), and Gemma3 text encoders with bidirectional attention "
     "(EmbeddingGemma)"
 )
 WHY_NOT = {
     "nomic_bert": "NomicBERT (nomic-embed-text) runs code of its own from the Hugging Face Hub "
     "(trust_remote_code), with no reference implementation in transformers to check a port against",
-    "modernbert": "ModernBERT (gte-modernbert, modernbert-embed) is not supported yet",
 }
 
 

@@ -25,6 +25,7 @@ from mlx_serve.engine.bert import BertConfig, BertEncoder, Kernels, SequenceClas
 from mlx_serve.engine.decoder import DecoderStack
 from mlx_serve.engine.embedder import Embedder
 from mlx_serve.engine.gemma3 import Gemma3Encoder
+from mlx_serve.engine.modernbert import ModernBertClassifier, ModernBertEncoder
 from mlx_serve.engine.reranker import DEFAULT_INSTRUCTION, CrossEncoder, Qwen3Reranker, Reranker, cross_encoder_head
 from mlx_serve.engine.tokenizer import TextTokenizer
 
@@ -130,6 +131,23 @@ def _load(
     architecture = archs[0] if archs else arch
     streams = inference_streams()
     to_dtype = partial(compute_dtype, dtype)
+    if arch == "modernbert":
+        modern = ModernBertEncoder.load(model_dir, config, to_dtype)
+        mx.eval(modern.arrays())
+        tokenizer = TextTokenizer(tokenizer_file, max_seq_length(model_dir, config))
+        pad_id = int(config.get("pad_token_id", 0))
+        if any(a.endswith("ForSequenceClassification") for a in archs):
+            if type != "reranker":
+                raise UnsupportedModelError(f"{name} is a cross-encoder: it reranks, it does not embed")
+            mclassifier = ModernBertClassifier(modern, config)
+            head = cross_encoder_head(mclassifier, mclassifier.labels)
+            return CrossEncoder(name, tokenizer, BatchRunner(head, pad_id, "right", streams), modern.arrays)
+        if type == "reranker":
+            raise UnsupportedModelError(f"{name} ({architecture}) has no head that scores pairs: it cannot rerank")
+        hidden = int(config["hidden_size"])
+        return Embedder(
+            name, modern, tokenizer, layout, hidden, pad_id, modern.arrays, streams, architecture=architecture
+        )
     if arch in families.ENCODERS:
         kernels = Kernels.choose(gpu=mx.default_device() == mx.gpu, native_cpu=jit.enable().native)
         encoder = BertEncoder.load(model_dir, BertConfig.from_dict(config), to_dtype, kernels)
