@@ -25,14 +25,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # On Linux, MLX's CPU wheel bundles the slow reference BLAS (OpenBLAS makes it some 30x faster), and
-# mx.compile needs g++ to build kernels for this CPU (2-3x faster element-wise work): see README.
+# mx.compile needs g++ to build kernels for this CPU (2-3x faster element-wise work): see README. HAProxy
+# is the load balancer of the scale-out setup (docs/scale-out.md), which the test suite runs for real.
 cpu-deps:
 ifeq ($(UNAME),Linux)
 	@missing=""; \
 	ldconfig -p 2>/dev/null | grep -q 'openblas-pthread/libblas.so.3\|libopenblas.so.0' || missing=" $(OPENBLAS_DEB)"; \
 	command -v g++ >/dev/null || missing="$$missing g++"; \
+	command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing="$$missing haproxy"; \
 	if [ -z "$$missing" ]; then \
-		echo "OpenBLAS and g++: present"; \
+		echo "OpenBLAS, g++ and HAProxy: present"; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
 		|| echo "warning: could not install$$missing; the server will run on the slow CPU path"; \

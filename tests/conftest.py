@@ -134,16 +134,19 @@ class ServerProcess:
         return cls(proc, f"http://127.0.0.1:{port}", port, home, log)
 
     def wait_healthy(self, timeout: float = 60) -> dict:
+        """Wait until the server is ready (/ready: 200, its preloads done); its /health answer."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited with {self.proc.returncode}: {self.log.read_text()}")
             try:
+                with urllib.request.urlopen(f"{self.url}/ready", timeout=1):
+                    pass
                 with urllib.request.urlopen(f"{self.url}/health", timeout=1) as resp:
                     return json.load(resp)
-            except OSError:
+            except OSError:  # not up yet, or 503 (preloading)
                 time.sleep(0.1)
-        raise AssertionError("server did not become healthy")
+        raise AssertionError("server did not become ready")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         if self.proc.poll() is None:

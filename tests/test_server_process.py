@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+from falcon import testing
 from openai import BadRequestError, NotFoundError, OpenAI
 
 from .conftest import MINILM, ServerProcess
@@ -88,3 +90,40 @@ def test_sigint_stops_cleanly_and_removes_the_pid_file(server: ServerProcess, ho
     assert proc.wait(timeout=30) == 0
     assert not pid_path.exists()
     assert "terminate called" not in server.log.read_text()
+
+
+def test_ready_is_503_while_draining_and_requests_are_still_served(start_server) -> None:
+    """A graceful stop turns /ready to 503 at once and goes on serving for drain_seconds, so a load
+    balancer's checks take the node out before it stops accepting."""
+    import urllib.error
+
+    server = start_server(env={"MLX_SERVE_DRAIN_SECONDS": "3"})
+    with urllib.request.urlopen(f"{server.url}/ready", timeout=5) as resp:
+        assert resp.status == 200 and json.load(resp) == {"status": "ready"}
+    server.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"{server.url}/ready", timeout=5)
+    assert err.value.code == 503 and json.load(err.value) == {"status": "draining"}
+    body = json.dumps({"model": MINILM, "input": "still served"}).encode()
+    with urllib.request.urlopen(urllib.request.Request(f"{server.url}/v1/embeddings", data=body), timeout=10) as resp:
+        assert resp.status == 200
+    assert server.proc.wait(timeout=30) == 0
+    assert any(r["event"] == "draining" for r in server.logs())
+
+
+def test_ready_is_503_while_preloading_and_health_answers(make_app) -> None:
+    from mlx_serve.http.app import create_app
+    from mlx_serve.readiness import Readiness
+
+    app = make_app()
+    readiness = Readiness("preloading")
+    client = testing.TestClient(create_app(app.settings, app.runtime, app.runtime.metrics, readiness))
+    client_headers = {"Host": "localhost"}
+    assert client.simulate_get("/ready", headers=client_headers).status_code == 503
+    assert client.simulate_get("/health", headers=client_headers).status_code == 200  # alive all the same
+    readiness.set("ready")
+    assert client.simulate_get("/ready", headers=client_headers).json == {"status": "ready"}
+    readiness.set("draining")
+    readiness.set("ready")  # a stop, once begun, is never undone
+    assert client.simulate_get("/ready", headers=client_headers).status_code == 503

@@ -246,6 +246,15 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
     return predicate()
 
 
+def is_ready(url: str, timeout: float = 1.0) -> bool:
+    """Whether the server's /ready answers 200 (up, and its preloads done)."""
+    try:
+        with urllib.request.urlopen(f"{url}/ready", timeout=timeout) as resp:
+            return resp.status == 200
+    except (OSError, ValueError):
+        return False
+
+
 def health(url: str, timeout: float = 1.0) -> dict[str, Any] | None:
     """The server's /health answer, or None if it does not answer."""
     try:
@@ -270,7 +279,8 @@ class Started:
 def start_background(
     home: Path, host: str, port: int, flags: Sequence[str], start_timeout: float, stop_timeout: float
 ) -> Started:
-    """Start `mlx-serve start --foreground FLAGS` detached, and wait until it answers /health.
+    """Start `mlx-serve start --foreground FLAGS` detached, and wait until /ready answers 200 (its
+    preloads done).
 
     The child reads the settings layers itself (so `flags` are only what the user gave on the command
     line). A server that never becomes healthy is stopped, so no half-started server is left behind."""
@@ -292,7 +302,7 @@ def start_background(
         if proc.poll() is not None:
             return True
         inst = inspect(home, port)
-        return inst.state == "running" and inst.record is not None and inst.record.pid == proc.pid and bool(health(url))
+        return inst.state == "running" and inst.record is not None and inst.record.pid == proc.pid and is_ready(url)
 
     wait_until(ready, start_timeout, interval=0.2)
     if proc.poll() is None and ready():
@@ -303,7 +313,7 @@ def start_background(
             proc.wait(timeout=stop_timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
-        why = f"did not answer /health within {start_timeout:g} s"
+        why = f"was not ready (/ready) within {start_timeout:g} s"
     else:
         why = f"exited with code {proc.returncode}"
     return Started(False, proc.pid, url, log_path, why, _tail(log_path, offset))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,9 @@ from gunicorn.app.base import BaseApplication
 
 from mlx_serve import blas, jit, lifecycle, memory
 from mlx_serve.logs import configure, formatter, get_logger
+from mlx_serve.readiness import Readiness
 from mlx_serve.settings import Settings, home_dir
+from mlx_serve.worker import BOOT_ERROR
 
 
 def _gunicorn_logger(fmt: str) -> type[glogging.Logger]:
@@ -38,6 +41,7 @@ class Server(BaseApplication):
         self.settings = settings
         self.home = home
         self.runtime = None
+        self.readiness: Readiness | None = None  # the worker's, once its app is built
         super().__init__()
 
     def load_config(self) -> None:
@@ -94,23 +98,40 @@ class Server(BaseApplication):
             log.info("pull_leftover_removed", path=str(leftover))
         _warn_if_exposed(self.settings, log)
         runtime = Runtime(self.settings, store, metrics)
-        try:
-            runtime.preload(self.settings.preload_models)
-        except Exception as exc:
-            log.error("preload_failed", error=str(exc))
-            runtime.close()
-            raise
         self.runtime = runtime
-        log.info(
-            "ready",
-            url=f"http://{self.settings.host}:{self.settings.port}",
-            blas=blas.STATUS.path,
-            native_kernels=kernels.native,
-            mlx_cache_limit=metrics.memory.limits.cache,
-            mlx_memory_limit=metrics.memory.limits.memory,
-            preloaded=list(self.settings.preload_models),
-        )
-        return create_app(self.settings, runtime, metrics)
+        self.readiness = Readiness("preloading" if self.settings.preload_models else "ready")
+        details = {
+            "url": f"http://{self.settings.host}:{self.settings.port}",
+            "blas": blas.STATUS.path,
+            "native_kernels": kernels.native,
+            "mlx_cache_limit": metrics.memory.limits.cache,
+            "mlx_memory_limit": metrics.memory.limits.memory,
+        }
+        if self.settings.preload_models:
+            # Serving starts now (/health answers, /ready says 503) and the models load meanwhile: a load
+            # balancer sees a node that is up but not ready, instead of one that does not answer.
+            threading.Thread(target=self._preload, args=(details,), name="mlx-preload", daemon=True).start()
+        else:
+            log.info("ready", **details, preloaded=[])
+        return create_app(self.settings, runtime, metrics, self.readiness)
+
+    def _preload(self, details: dict[str, Any]) -> None:
+        log = get_logger("mlx_serve.server")
+        assert self.runtime is not None
+        try:
+            self.runtime.preload(self.settings.preload_models)
+        except Exception as exc:  # one line; then the worker exits as failed to boot, and gunicorn stops
+            log.error("preload_failed", error=str(exc))
+            self.exit_worker(BOOT_ERROR)
+        self.readiness.set("ready")
+        log.info("ready", **details, preloaded=list(self.settings.preload_models))
+
+    def begin_drain(self) -> float:
+        """A graceful stop begins: /ready says 503 from now on. Seconds to go on serving (`drain_seconds`),
+        so that a load balancer's health checks take this node out before it stops accepting."""
+        self.readiness.set("draining")
+        get_logger("mlx_serve.server").info("draining", seconds=self.settings.drain_seconds)
+        return float(self.settings.drain_seconds)
 
     def exit_worker(self, code: int) -> None:
         """End the worker process: finish queued and running inference, flush the logs, and exit without

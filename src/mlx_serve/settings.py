@@ -35,6 +35,24 @@ class ServiceSettings(BaseModel):
     restart_delay: int = Field(ge=0)
 
 
+class ClusterSettings(BaseModel):
+    """Several nodes behind a load balancer: what `mlx-serve cluster render` renders from."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    nodes: tuple[str, ...]  # host:port of each node
+    port: int = Field(ge=1, le=65535)  # the balancer's
+    bind: str  # the balancer's address
+    check_interval: float = Field(gt=0)  # seconds between health checks of each node
+
+    @field_validator("nodes", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
@@ -59,6 +77,7 @@ class Settings(BaseModel):
     preload_models: tuple[str, ...]
     preload_pinned: bool
     graceful_timeout: int = Field(ge=0)
+    drain_seconds: float = Field(ge=0)
     start_timeout: float = Field(gt=0)
     threads: int = Field(ge=1, le=256)
     mlx_cache_limit: int | None
@@ -77,6 +96,7 @@ class Settings(BaseModel):
     model_instructions: dict[str, str]
     model_aliases: dict[str, str]
     service: ServiceSettings
+    cluster: ClusterSettings
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -328,9 +348,9 @@ def _unknown_keys(dyn: Dynaconf, config_file: Path) -> list[str]:
             for k, v in entry["value"].items():
                 if k.lower() not in Settings.model_fields:
                     unknown.append(k.lower())
-                elif k.lower() == "service" and isinstance(v, dict):
-                    fields = ServiceSettings.model_fields
-                    unknown += [f"service.{sub}" for sub in v if sub.lower() not in fields]
+                elif k.lower() in ("service", "cluster") and isinstance(v, dict):
+                    fields = (ServiceSettings if k.lower() == "service" else ClusterSettings).model_fields
+                    unknown += [f"{k.lower()}.{sub}" for sub in v if sub.lower() not in fields]
     return sorted(set(unknown))
 
 

@@ -170,6 +170,17 @@ class Worker(ThreadWorker):
             self.app.exit_worker(BOOT_ERROR)
         self.app.exit_worker(0)
 
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """SIGTERM, a graceful stop: /ready turns 503 at once, and the worker goes on serving for
+        `drain_seconds` before it stops accepting, so a load balancer moves traffic away first."""
+        drain = self.app.begin_drain() if getattr(self.app, "readiness", None) is not None else 0.0
+        if drain <= 0:
+            super().handle_exit(sig, frame)
+            return
+        timer = threading.Timer(drain, super().handle_exit, args=(sig, frame))
+        timer.daemon = True
+        timer.start()
+
     def load_wsgi(self) -> None:
         """Build the app (and preload models) while telling the arbiter this worker is alive: its
         heartbeat starts only in the serving loop, and a preload longer than gunicorn's `timeout` would

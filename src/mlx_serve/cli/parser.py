@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from mlx_serve import __version__
+from mlx_serve.cli import cluster_commands as clusters
 from mlx_serve.cli import model_commands as models
 from mlx_serve.cli import server_commands as server
 
@@ -42,6 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
     svc.add_argument("--dry-run", action="store_true", help="print the file and the commands instead")
     svc.add_argument("--platform", choices=["linux", "macos"], help="render for this system (default: this one)")
     svc.set_defaults(func=server.cmd_service)
+
+    clu = sub.add_parser("cluster", help="configuration for several nodes behind a load balancer")
+    clu_sub = clu.add_subparsers(dest="cluster_command", required=True)
+    render = clu_sub.add_parser("render", help="print the HAProxy or Prometheus configuration for the nodes")
+    render.add_argument("what", choices=["haproxy", "prometheus"])
+    render.add_argument("--node", action="append", metavar="HOST:PORT", help="a node; repeatable (cluster.nodes)")
+    render.add_argument("--port", type=int, help="the balancer's port (cluster.port)")
+    render.add_argument("--bind", help="the balancer's address (cluster.bind)")
+    render.add_argument("--output", metavar="FILE", help="write it to FILE instead of printing it")
+    render.set_defaults(func=clusters.cmd_cluster)
 
     config = sub.add_parser("config", help="print the effective settings and where each came from")
     config.add_argument("--json", action="store_true")
@@ -89,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
 def cli_layer(args: argparse.Namespace) -> dict[str, Any]:
     """The highest settings layer. Every subcommand's --port is the `port` setting, so status, stop and
     service default to config.yaml's."""
+    if getattr(args, "command", None) == "cluster":  # its --port and --bind are the balancer's
+        return {"cluster.port": args.port, "cluster.bind": args.bind}
     return {
         "host": getattr(args, "host", None),
         "port": getattr(args, "port", None),

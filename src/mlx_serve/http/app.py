@@ -19,10 +19,12 @@ from mlx_serve.http.resources.health import HealthResource
 from mlx_serve.http.resources.metrics import MetricsResource
 from mlx_serve.http.resources.models import ModelResource, ModelsResource
 from mlx_serve.http.resources.openapi import OpenApiResource
+from mlx_serve.http.resources.ready import ReadyResource
 from mlx_serve.http.resources.rerank import RerankResource
 from mlx_serve.http.resources.store import DeleteResource, PullResource, ShowResource, TagsResource
 from mlx_serve.http.security import Guard
 from mlx_serve.metrics import Metrics
+from mlx_serve.readiness import Readiness
 from mlx_serve.runtime import Runtime
 from mlx_serve.settings import Settings
 
@@ -41,7 +43,11 @@ JSON_RESPONSES = falcon.media.JSONHandler(
 )
 
 
-def create_app(settings: Settings, runtime: Runtime, metrics: Metrics) -> falcon.App:
+def create_app(
+    settings: Settings, runtime: Runtime, metrics: Metrics, readiness: Readiness | None = None
+) -> falcon.App:
+    """`readiness`: the server's (it preloads in the background); without one the app is ready at once."""
+    readiness = readiness or Readiness("ready")
     middleware: list[Any] = [RequestLog(metrics), Guard(settings)]
     if settings.allowed_origins:
         middleware.append(falcon.CORSMiddleware(allow_origins=list(settings.allowed_origins)))
@@ -72,6 +78,7 @@ def create_app(settings: Settings, runtime: Runtime, metrics: Metrics) -> falcon
         "/api/pull": PullResource(runtime, limit),
         "/api/unload": UnloadResource(runtime, limit),
         "/health": HealthResource(runtime),
+        "/ready": ReadyResource(readiness),
         "/metrics": MetricsResource(metrics),
         "/openapi.json": OpenApiResource(document),
     }

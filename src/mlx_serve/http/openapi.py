@@ -35,6 +35,7 @@ class Operation:
     errors: tuple[int, ...] = (400, 404)
     public: bool = False  # reachable without the API key
     error: type[BaseModel] = s.ErrorResponse  # the error shape: OpenAI's, or Cohere's on its routes
+    states: tuple[int, ...] = ()  # codes that answer with the response's own shape (/ready's 503)
 
 
 OPERATIONS = (
@@ -96,6 +97,15 @@ OPERATIONS = (
     Operation("get", ("/api/ps",), "The loaded models", response=s.PsResponse, errors=()),
     Operation("post", ("/api/unload",), "Unload a model once its requests finish", s.NameRequest, s.StatusResponse),
     Operation("get", ("/health",), "Liveness: the process is up", response=s.Health, errors=(), public=True),
+    Operation(
+        "get",
+        ("/ready",),
+        "Readiness for load balancers: 200 ready; 503 while preloading or once a stop has begun",
+        response=s.ReadyStatus,
+        errors=(503,),
+        public=True,
+        states=(503,),
+    ),
     Operation("get", ("/metrics",), "Prometheus metrics", media_type="text/plain", errors=()),
     Operation("get", ("/openapi.json",), "This document", media_type="application/json", errors=(), public=True),
 )
@@ -153,7 +163,8 @@ def _operation(op: Operation, refs: dict, needs_key: bool) -> dict[str, Any]:
         codes.add(401)
         out["security"] = [{"apiKey": []}]
     for code in sorted(codes):
-        out["responses"][str(code)] = {"description": ERROR_TEXT[code], **error}
+        body = {"content": {"application/json": ok}} if code in op.states else error
+        out["responses"][str(code)] = {"description": ERROR_TEXT[code], **body}
     return out
 
 

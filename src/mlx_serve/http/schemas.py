@@ -472,6 +472,12 @@ class Health(BaseModel):
     memory: MemoryUsage
 
 
+class ReadyStatus(BaseModel):
+    status: Literal["preloading", "ready", "draining"] = Field(
+        description="ready: 200; preloading (preload_models still loading) or draining (a stop has begun): 503"
+    )
+
+
 class LoadedModel(BaseModel):
     name: str
     type: Literal["embedding", "reranker"]
