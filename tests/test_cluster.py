@@ -139,3 +139,18 @@ def test_a_model_lives_on_one_node_and_moves_without_losing_requests(cluster) ->
     assert load.failed() == 0 and len(load.statuses) > 10, load.statuses
     third = owner(nodes)
     assert third not in (first, second)
+
+
+def test_the_prometheus_job_scrapes_every_node_with_a_node_label(home: Path) -> None:
+    import yaml
+
+    out = run_cli(home, "cluster", "render", "prometheus", "--node", "mac1.lan:8000", "--node", "10.0.0.2:8001")
+    assert out.returncode == 0, out.stderr
+    (job,) = yaml.safe_load(out.stdout)
+    assert job["metrics_path"] == "/metrics"
+    assert job["static_configs"][0]["targets"] == ["mac1.lan:8000", "10.0.0.2:8001"]
+    assert {"source_labels": ["__address__"], "target_label": "node"} in job["relabel_configs"]
+    bad = run_cli(home, "cluster", "render", "haproxy", "--node", "no-port")
+    assert bad.returncode == 2 and "HOST:PORT" in bad.stderr
+    none = run_cli(home, "cluster", "render", "haproxy")
+    assert none.returncode == 2 and "--node" in none.stderr
