@@ -20,6 +20,8 @@ class FakeHub:
         self.repos: dict[str, Path] = {}
         self.downloads: Counter[str] = Counter()  # full GETs of each file
         self.cuts: Counter[str] = Counter()  # GETs of a file still to stop half-way, as a dropped connection does
+        self.hold: threading.Event | None = None  # set it: downloads wait until it is set (a slow network)
+        self.downloading = threading.Event()  # a download is waiting on `hold`
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -99,6 +101,9 @@ class FakeHub:
             h.end_headers()
             if not body:
                 return None
+            if self.hold is not None:
+                self.downloading.set()
+                self.hold.wait(30)
             if self.cuts[filename] > 0:
                 self.cuts[filename] -= 1
                 h.wfile.write(data[start : start + (len(data) - start) // 2])

@@ -340,3 +340,28 @@ def test_a_type_the_model_cannot_serve_is_refused_at_pull(home: Path, tmp_path: 
     ce = cli(home, "pull", str(repos["acme/Tiny-CrossEncoder"]), "--type", "embedding")
     assert ce.returncode == 1 and "does not embed" in ce.stderr
     assert cli(home, "pull", str(plain), "--type", "embedding").returncode == 0
+
+
+@pytest.mark.process
+def test_ctrl_c_during_a_pull_is_one_line_and_keeps_nothing(home: Path, hub: FakeHub) -> None:
+    import signal
+
+    from .conftest import clean_env
+
+    hub.hold = threading.Event()
+    pull = subprocess.Popen(
+        [sys.executable, "-m", "mlx_serve", "pull", "acme/Tiny-CrossEncoder"],
+        env=clean_env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert hub.downloading.wait(60), "the pull never started downloading"
+        pull.send_signal(signal.SIGINT)
+        _, err = pull.communicate(timeout=60)
+    finally:
+        hub.hold.set()
+    assert pull.returncode == 130
+    assert "Traceback" not in err and "interrupted" in err and len(err.strip().splitlines()) == 1, err
+    assert not (models_dir(home) / "Tiny-CrossEncoder").exists()

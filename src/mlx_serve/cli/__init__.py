@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -43,8 +44,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args, loaded) or 0)
     except KeyboardInterrupt:  # Ctrl-C in a pull, a wait, a listing: a line, not a traceback
-        print(f"mlx-serve: {args.command}: interrupted", file=sys.stderr)
-        return 130
+        what = "; nothing was stored" if args.command == "pull" else ""
+        print(f"mlx-serve: {args.command}: interrupted{what}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # At once: a pull's download threads, still blocked on the network, would otherwise hold the exit.
+        os._exit(130)
 
 
 __all__ = ["main"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from functools import partial
 
@@ -52,6 +54,17 @@ def cmd_pull(args: argparse.Namespace, loaded: LoadedSettings) -> int:
 
     # `--progress json`: NDJSON lines on standard output (what /api/pull relays), errors included.
     writer = LineWriter(sys.stdout.buffer) if args.progress == "json" else None
+
+    def interrupted(signum: int, frame: object) -> None:
+        # Ctrl-C: one line, and out at once. Raising instead would unwind into huggingface_hub's download
+        # pool, which waits for every running download first. What was staged is cleared by the next pull.
+        message = "the pull was interrupted; nothing was stored"
+        if writer:
+            writer.error(message)
+        print(f"mlx-serve: {message}", file=sys.stderr, flush=True)
+        os._exit(130)
+
+    signal.signal(signal.SIGINT, interrupted)
     try:
         entry, did = pull(
             _store(loaded.settings),
@@ -63,8 +76,6 @@ def cmd_pull(args: argparse.Namespace, loaded: LoadedSettings) -> int:
             show_bars=sys.stderr.isatty() and writer is None,
             replace=args.replace,
         )
-    except KeyboardInterrupt:
-        message, code = "the pull was interrupted; nothing was stored", 130
     except StoreError as exc:
         message, code = str(exc), 1
     except Exception as exc:  # a bug or an unforeseen failure: still one sentence, for the CLI and /api/pull

@@ -131,49 +131,32 @@ def _load(
     architecture = archs[0] if archs else arch
     streams = inference_streams()
     to_dtype = partial(compute_dtype, dtype)
-    if arch == "modernbert":
-        modern = ModernBertEncoder.load(model_dir, config, to_dtype)
-        mx.eval(modern.arrays())
-        tokenizer = TextTokenizer(tokenizer_file, max_seq_length(model_dir, config))
-        pad_id = int(config.get("pad_token_id", 0))
-        if any(a.endswith("ForSequenceClassification") for a in archs):
-            if type != "reranker":
-                raise UnsupportedModelError(f"{name} is a cross-encoder: it reranks, it does not embed")
-            mclassifier = ModernBertClassifier(modern, config)
-            head = cross_encoder_head(mclassifier, mclassifier.labels)
-            return CrossEncoder(name, tokenizer, BatchRunner(head, pad_id, "right", streams), modern.arrays)
-        if type == "reranker":
-            raise UnsupportedModelError(f"{name} ({architecture}) has no head that scores pairs: it cannot rerank")
-        hidden = int(config["hidden_size"])
-        return Embedder(
-            name, modern, tokenizer, layout, hidden, pad_id, modern.arrays, streams, architecture=architecture
-        )
     if arch in families.ENCODERS:
-        kernels = Kernels.choose(gpu=mx.default_device() == mx.gpu, native_cpu=jit.enable().native)
-        encoder = BertEncoder.load(model_dir, BertConfig.from_dict(config), to_dtype, kernels)
+        if arch == "modernbert":
+            encoder: BertEncoder | ModernBertEncoder = ModernBertEncoder.load(model_dir, config, to_dtype)
+        else:
+            kernels = Kernels.choose(gpu=mx.default_device() == mx.gpu, native_cpu=jit.enable().native)
+            encoder = BertEncoder.load(model_dir, BertConfig.from_dict(config), to_dtype, kernels)
         mx.eval(encoder.arrays())
         tokenizer = TextTokenizer(tokenizer_file, max_seq_length(model_dir, config))
         pad_id = int(config.get("pad_token_id", 0))
         if any(a.endswith("ForSequenceClassification") for a in archs):
             if type != "reranker":
                 raise UnsupportedModelError(f"{name} is a cross-encoder: it reranks, it does not embed")
-            classifier = SequenceClassifier(encoder)
+            classifier = (
+                ModernBertClassifier(encoder, config)
+                if isinstance(encoder, ModernBertEncoder)
+                else SequenceClassifier(encoder)
+            )
             if classifier.labels > 2:
                 raise UnsupportedModelError(f"{name}: a classifier of {classifier.labels} labels is not a reranker")
             head = cross_encoder_head(classifier, classifier.labels)
             return CrossEncoder(name, tokenizer, BatchRunner(head, pad_id, "right", streams), encoder.arrays)
         if type == "reranker":
             raise UnsupportedModelError(f"{name} ({architecture}) has no head that scores pairs: it cannot rerank")
+        hidden = int(config["hidden_size"])
         return Embedder(
-            name,
-            encoder,
-            tokenizer,
-            layout,
-            encoder.config.hidden_size,
-            pad_id,
-            encoder.arrays,
-            streams,
-            architecture=architecture,
+            name, encoder, tokenizer, layout, hidden, pad_id, encoder.arrays, streams, architecture=architecture
         )
     if arch in families.BIDIRECTIONAL:
         gemma = Gemma3Encoder.load(model_dir, config, to_dtype)
