@@ -93,3 +93,12 @@ def test_v1_embed_answers_plain_floats_unless_types_are_asked(client) -> None:
     assert plain["embeddings"] == typed["embeddings"]["float"]
     assert np.allclose(plain["embeddings"][0], openai_vector(client, "hello world"), atol=1e-6)
     assert_cohere_error(client.simulate_post("/v1/embed", json={"model": MINILM}), 400, "texts")
+
+
+def test_v2_rerank_ranks_object_documents_by_rank_fields(client) -> None:
+    docs = [{"title": "paris", "body": "the capital of france"}, {"title": "gravity", "body": "a force"}]
+    body = {"model": MINILM, "query": "capital of france", "documents": docs, "rank_fields": ["title", "body"]}
+    ranked = client.simulate_post("/v2/rerank", json=body).json["results"]
+    texts = [f"title: {d['title']}\nbody: {d['body']}" for d in docs]
+    plain = client.simulate_post("/v2/rerank", json={**body, "documents": texts, "rank_fields": None}).json
+    assert ranked == plain["results"]

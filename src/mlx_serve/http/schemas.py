@@ -305,6 +305,7 @@ class CohereRerankRequest(_Request):
     model: ModelName
     query: str = Field(min_length=1)
     documents: Documents
+    rank_fields: list[str] | None = Field(default=None, min_length=1)  # for object documents, as on v1
     top_n: StrictInt | None = Field(default=None, ge=1)
     max_tokens_per_doc: StrictInt | None = Field(default=None, ge=1)
     keep_alive: KeepAlive = None
@@ -312,7 +313,7 @@ class CohereRerankRequest(_Request):
 
     @model_validator(mode="after")
     def _rankable(self) -> CohereRerankRequest:
-        self._texts = document_texts(self.documents, None)
+        self._texts = document_texts(self.documents, self.rank_fields)
         return self
 
     @property
