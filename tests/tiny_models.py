@@ -203,12 +203,14 @@ def sentence_transformers_files(
                 "type": "sentence_transformers.models.Dense",
             }
         )
-    if normalize:
+    if normalize:  # an empty folder of its own, as sentence-transformers saves it
+        folder = f"{len(modules)}_Normalize"
+        (path / folder).mkdir(exist_ok=True)
         modules.append(
             {
                 "idx": len(modules),
                 "name": str(len(modules)),
-                "path": "",
+                "path": folder,
                 "type": "sentence_transformers.models.Normalize",
             }
         )

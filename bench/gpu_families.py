@@ -1,0 +1,81 @@
+"""Every model family on a GPU: each family's tiny random model (tests/tiny_models.py) run by mlx-serve's
+engine on CUDA or Metal (dtype auto: half precision) against sentence-transformers / transformers in
+float32 on the CPU. Run from the repository root: `python3 bench/gpu_families.py`; prints ALL OK or
+MISMATCH. (The test suite checks the same on the CPU, in float32, float16 and bfloat16.)"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests import tiny_models
+from tests.test_families import QUERY, TEXTS
+
+from mlx_serve.engine.loader import load_model
+
+EMBEDDERS: dict[str, Callable[[Path], Path]] = {
+    "xlm-roberta": lambda p: tiny_models.xlm_roberta(p, "embedding", seed=31, prompts={"query": "query: "}),
+    "mpnet": lambda p: tiny_models.mpnet(p, seed=34),
+    "embeddinggemma": lambda p: tiny_models.embedding_gemma(p, seed=35),
+    "modernbert": lambda p: tiny_models.modernbert(p, "embedding", seed=36),
+}
+RERANKERS: dict[str, Callable[[Path], Path]] = {
+    "xlm-roberta (two labels)": lambda p: tiny_models.xlm_roberta(p, "reranker", seed=32, labels=2),
+    "modernbert": lambda p: tiny_models.modernbert(p, "reranker", seed=37),
+}
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
+def reference_scores(path: Path) -> np.ndarray:
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+    out = []
+    for doc in TEXTS:
+        enc = tok.encode(QUERY, doc)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([enc.ids])).logits[0]
+        out.append(torch.sigmoid(logits[0]).item() if len(logits) == 1 else torch.softmax(logits, 0)[1].item())
+    return np.array(out)
+
+
+def main() -> int:
+    from sentence_transformers import SentenceTransformer
+
+    print("device", mx.default_device(), flush=True)
+    root = Path(tempfile.mkdtemp())
+    ok = True
+    for name, build in EMBEDDERS.items():
+        path = build(root / name.replace(" ", "-"))
+        model = load_model(name, path, type="embedding")
+        ours = model.embed(TEXTS, 16384).vectors
+        alone = np.stack([model.embed([t], 16384).vectors[0] for t in TEXTS])
+        expected = SentenceTransformer(str(path), device="cpu").encode(TEXTS)
+        worst = cosine(ours, expected).min()
+        print(f"{name}: min cosine {worst:.6f}, batch vs alone {np.abs(ours - alone).max():.2e}", flush=True)
+        ok &= bool(worst >= 0.999)
+    for name, build in RERANKERS.items():
+        path = build(root / name.split()[0])
+        got = load_model(name, path, type="reranker").rerank(QUERY, TEXTS, 16384).values
+        diff = np.abs(got - reference_scores(path)).max()
+        print(f"{name} reranker: max score difference {diff:.2e}", flush=True)
+        ok &= bool(diff < 5e-3)
+    print("ALL OK" if ok else "MISMATCH")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
