@@ -31,8 +31,10 @@ QUERY = "What is the capital of China?"
 def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("families")
     e5_prompts = {"query": "query: ", "passage": "passage: "}
+    nomic_prompts = {"search_query": "search_query: ", "search_document": "search_document: "}
     return {
         "xlmr-emb": tiny_models.xlm_roberta(root / "xlmr-emb", "embedding", seed=31, prompts=e5_prompts),
+        "nomic-style": tiny_models.xlm_roberta(root / "nomic-style", "embedding", seed=38, prompts=nomic_prompts),
         "xlmr-rr": tiny_models.xlm_roberta(root / "xlmr-rr", "reranker", seed=32),
         "xlmr-rr2": tiny_models.xlm_roberta(root / "xlmr-rr2", "reranker", seed=33, labels=2),
         "mpnet": tiny_models.mpnet(root / "mpnet", seed=34),
@@ -96,6 +98,8 @@ def test_a_padded_batch_equals_each_text_alone(app: App, name: str) -> None:
     [
         ("xlmr-emb", {"input_type": "query"}, "query"),  # e5: "query: "
         ("xlmr-emb", {"input_type": "document"}, "passage"),  # e5: "passage: "
+        ("nomic-style", {"input_type": "query"}, "search_query"),  # nomic: "search_query: "
+        ("nomic-style", {"input_type": "document"}, "search_document"),
         ("gemma", {"input_type": "query"}, "query"),
         ("gemma", {"input_type": "document"}, "document"),
         ("gemma", {"prompt_name": "Clustering"}, "Clustering"),
