@@ -223,26 +223,23 @@ class EmbeddingRequest(_Request):
     keep_alive: KeepAlive = None
 
 
-class RerankRequest(_Request):
+class _Ranking(_Request):
+    """What every rerank route takes: a query, documents (strings or objects, ranked by `rank_fields`), and
+    how many results."""
+
     model: ModelName
     query: str = Field(min_length=1)
     documents: Documents
-    # Cohere v1: which fields of object documents are ranked (default: `text`).
+    # Cohere: which fields of object documents are ranked (default: `text`).
     rank_fields: list[str] | None = Field(default=None, min_length=1)
     top_n: StrictInt | None = Field(default=None, ge=1)
-    return_documents: StrictBool = False
     # Cohere: documents are cut to this many tokens before ranking.
     max_tokens_per_doc: StrictInt | None = Field(default=None, ge=1)
-    # A yes/no verdict per document at a threshold.
-    return_text: StrictBool = False
-    decision_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
-    instruction: str | None = None
-    truncate: StrictBool | None = None
     keep_alive: KeepAlive = None
     _texts: list[str] = PrivateAttr(default_factory=list)
 
     @model_validator(mode="after")
-    def _rankable(self) -> RerankRequest:
+    def _rankable(self) -> _Ranking:
         self._texts = document_texts(self.documents, self.rank_fields)
         return self
 
@@ -250,6 +247,17 @@ class RerankRequest(_Request):
     def texts(self) -> list[str]:
         """The text ranked for each document."""
         return self._texts
+
+
+class RerankRequest(_Ranking):
+    """POST /v1/rerank and /rerank (Jina, Cohere v1, Infinity)."""
+
+    return_documents: StrictBool = False
+    # A yes/no verdict per document at a threshold.
+    return_text: StrictBool = False
+    decision_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    instruction: str | None = None
+    truncate: StrictBool | None = None
 
 
 class CohereEmbedText(BaseModel):
@@ -299,26 +307,8 @@ class CohereEmbedRequest(_Request):
         return ["\n".join(part.text or "" for part in item.content) for item in self.inputs or []]
 
 
-class CohereRerankRequest(_Request):
-    """POST /v2/rerank, as `cohere.ClientV2.rerank` sends it."""
-
-    model: ModelName
-    query: str = Field(min_length=1)
-    documents: Documents
-    rank_fields: list[str] | None = Field(default=None, min_length=1)  # for object documents, as on v1
-    top_n: StrictInt | None = Field(default=None, ge=1)
-    max_tokens_per_doc: StrictInt | None = Field(default=None, ge=1)
-    keep_alive: KeepAlive = None
-    _texts: list[str] = PrivateAttr(default_factory=list)
-
-    @model_validator(mode="after")
-    def _rankable(self) -> CohereRerankRequest:
-        self._texts = document_texts(self.documents, self.rank_fields)
-        return self
-
-    @property
-    def texts(self) -> list[str]:
-        return self._texts
+class CohereRerankRequest(_Ranking):
+    """POST /v2/rerank, as `cohere.ClientV2.rerank` sends it (`rank_fields` for object documents, as on v1)."""
 
 
 class NameRequest(_Request):
