@@ -181,24 +181,6 @@ class Worker(ThreadWorker):
         timer.daemon = True
         timer.start()
 
-    def load_wsgi(self) -> None:
-        """Build the app (and preload models) while telling the arbiter this worker is alive: its
-        heartbeat starts only in the serving loop, and a preload longer than gunicorn's `timeout` would
-        get the worker killed (SIGABRT) and booted again, over and over."""
-        done = threading.Event()
-
-        def heartbeat() -> None:
-            while not done.wait(1.0):
-                self.notify()
-
-        beat = threading.Thread(target=heartbeat, name="mlx-boot-heartbeat", daemon=True)
-        beat.start()
-        try:
-            super().load_wsgi()
-        finally:
-            done.set()
-            beat.join()
-
     # Every path to a thread (a new connection, a kept-alive one readable again, a pipelined request)
     # goes through enqueue_req: read the request first.
     def enqueue_req(self, conn: Any) -> None:
