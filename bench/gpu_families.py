@@ -16,7 +16,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests import tiny_models
-from tests.test_families import QUERY, TEXTS
+from tests.test_families import QUERY, TEXTS, reference_scores
 
 from mlx_serve.engine.loader import load_model
 
@@ -34,22 +34,6 @@ RERANKERS: dict[str, Callable[[Path], Path]] = {
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
-
-
-def reference_scores(path: Path) -> np.ndarray:
-    import torch
-    from tokenizers import Tokenizer
-    from transformers import AutoModelForSequenceClassification
-
-    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
-    tok = Tokenizer.from_file(str(path / "tokenizer.json"))
-    out = []
-    for doc in TEXTS:
-        enc = tok.encode(QUERY, doc)
-        with torch.no_grad():
-            logits = model(input_ids=torch.tensor([enc.ids])).logits[0]
-        out.append(torch.sigmoid(logits[0]).item() if len(logits) == 1 else torch.softmax(logits, 0)[1].item())
-    return np.array(out)
 
 
 def main() -> int:

@@ -126,21 +126,27 @@ def test_an_unknown_prompt_name_is_a_400_naming_the_prompts(app: App) -> None:
     assert "Clustering" in result.json["error"]["message"]
 
 
-@pytest.mark.parametrize("name", ["xlmr-rr", "xlmr-rr2", "modernbert-rr"])
-def test_cross_encoders_match_transformers(app: App, folders, name: str) -> None:
+def reference_scores(folder: Path) -> np.ndarray:
+    """transformers' scores for (QUERY, each text): one label, its sigmoid (CrossEncoder's); two, the
+    probability of the second."""
     import torch
     from tokenizers import Tokenizer
     from transformers import AutoModelForSequenceClassification
 
-    ref = AutoModelForSequenceClassification.from_pretrained(folders[name]).eval()
-    tok = Tokenizer.from_file(str(folders[name] / "tokenizer.json"))
+    ref = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
     expected = []
     for doc in TEXTS:
         enc = tok.encode(QUERY, doc)
         with torch.no_grad():
             logits = ref(input_ids=torch.tensor([enc.ids])).logits[0]
-        # One label: its sigmoid (CrossEncoder's); two: the probability of the second.
         expected.append(torch.sigmoid(logits[0]).item() if len(logits) == 1 else torch.softmax(logits, 0)[1].item())
+    return np.array(expected)
+
+
+@pytest.mark.parametrize("name", ["xlmr-rr", "xlmr-rr2", "modernbert-rr"])
+def test_cross_encoders_match_transformers(app: App, folders, name: str) -> None:
+    expected = reference_scores(folders[name])
     got = scores(app, name, TEXTS)
     np.testing.assert_allclose(got, expected, atol=1e-4)
     assert np.ptp(got) > 1e-4  # the documents are told apart

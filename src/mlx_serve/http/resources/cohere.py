@@ -9,11 +9,11 @@ import uuid
 from typing import Any
 
 import falcon
-import numpy as np
 
 from mlx_serve.engine.tokenizer import Truncation
 from mlx_serve.http.body import read_json_object
 from mlx_serve.http.errors import runtime_errors
+from mlx_serve.http.resources.rerank import ranked
 from mlx_serve.http.schemas import parse_cohere_embed_request, parse_cohere_rerank_request
 from mlx_serve.quantization import quantize
 from mlx_serve.runtime import InputType, Runtime
@@ -98,9 +98,9 @@ class CohereRerankResource:
                 keep_alive=request.keep_alive,
             )
         req.context.tokens = result.tokens
-        order = np.argsort(-result.scores, kind="stable")[: request.top_n]
+        order = ranked(result.scores, request.top_n)
         resp.media = {
             "id": str(uuid.uuid4()),
-            "results": [{"index": int(i), "relevance_score": float(result.scores[i])} for i in order],
+            "results": [{"index": i, "relevance_score": float(result.scores[i])} for i in order],
             "meta": _meta(search_units=1, input_tokens=result.tokens),
         }

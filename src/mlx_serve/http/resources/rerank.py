@@ -15,6 +15,11 @@ from mlx_serve.http.schemas import parse_rerank_request
 from mlx_serve.runtime import Runtime
 
 
+def ranked(scores: np.ndarray, top_n: int | None) -> list[int]:
+    """Document indices, highest score first; equal scores keep document order (a stable sort)."""
+    return [int(i) for i in np.argsort(-scores, kind="stable")[:top_n]]
+
+
 class RerankResource:
     def __init__(self, runtime: Runtime, max_request_bytes: int, max_inputs: int, documents_as_text: bool) -> None:
         self.runtime = runtime
@@ -36,10 +41,8 @@ class RerankResource:
                 keep_alive=request.keep_alive,
             )
         req.context.tokens = result.tokens
-        # Highest score first; equal scores keep document order (a stable sort).
-        order = np.argsort(-result.scores, kind="stable")[: request.top_n]
         results = []
-        for i in order:
+        for i in ranked(result.scores, request.top_n):
             score = float(result.scores[i])
             item: dict = {"index": int(i), "relevance_score": score}
             if request.return_documents:
