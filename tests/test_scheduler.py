@@ -106,3 +106,41 @@ def test_an_input_too_large_for_the_device_fails_its_own_request_only(scheduler)
     with pytest.raises(InputsTooLarge) as error:
         huge.result(5)
     assert error.value.indices == [1]
+
+
+def test_a_batch_waits_for_a_request_still_being_tokenized_and_takes_it_along() -> None:
+    # A long window, so that the test does not race it: the batch goes as soon as the arrival submits.
+    s = Scheduler(max_batch_tokens=4096, max_queued=10, metrics=Metrics(), gather=30.0)
+    try:
+        order: list = []
+        tokenizing, go_on = threading.Event(), threading.Event()
+        late: list = []
+
+        def slow_client() -> None:
+            with s.arriving() as submit:
+                tokenizing.set()
+                go_on.wait(10)
+                late.append(submit(job(["bbb"], log=order)))
+
+        client = threading.Thread(target=slow_client)
+        client.start()
+        assert tokenizing.wait(5)
+        first = s.submit(job(["a"], log=order))  # the inference thread takes it, and waits for the other
+        go_on.set()
+        client.join(5)
+        assert rows(first) == [2.0] and rows(late[0]) == [6.0]
+        assert order == [("batch", ["a", "bbb"])]  # one batch, not two
+    finally:
+        s.close()
+
+
+def test_a_lone_request_never_waits_and_an_arrival_that_fails_releases_the_batch() -> None:
+    s = Scheduler(max_batch_tokens=4096, max_queued=10, metrics=Metrics(), gather=60.0)
+    try:
+        assert rows(s.submit(job(["ab"]))) == [4.0]  # nothing arriving: run at once (rows() waits 5 s)
+        with pytest.raises(ValueError), s.arriving():
+            waiting = s.submit(job(["abc"]))
+            raise ValueError("this request's input was bad")  # it leaves without submitting
+        assert rows(waiting) == [6.0]  # the batch did not wait out the 60 s window for it
+    finally:
+        s.close()

@@ -169,7 +169,10 @@ class ModelCache:
                     slot.idle_since = self._clock()
                     if not slot.retired:
                         self._idle[slot.type][slot.name] = slot  # the most recently used idle model now
-            self._changed()  # the reaper recomputes its deadlines, trims over-cap caches
+                # The reaper recomputes its deadlines and trims over-cap caches. Only here: a lease that
+                # leaves others behind changes nothing it looks at, and waking it for every request cost
+                # each one another thread's turn at the interpreter lock.
+                self._changed()
 
     def request_unload(self, name: str) -> bool:
         """Unload once in-flight requests finish; False if the model is not loaded."""

@@ -16,6 +16,8 @@ error shape instead of HTML.
 from __future__ import annotations
 
 import contextlib
+import email.utils
+import functools
 import selectors
 import socket
 import struct
@@ -134,6 +136,17 @@ def error_response(status: int, reason: str, message: str, code: str) -> bytes:
     return head.encode("latin-1") + body
 
 
+@functools.lru_cache(maxsize=4)
+def _date_of(second: int) -> str:
+    return email.utils.formatdate(second, usegmt=True)
+
+
+def _http_date(timestamp: float | None = None) -> str:
+    """gunicorn's http_date, formatted once a second instead of for every response (the Date header
+    counts whole seconds)."""
+    return _date_of(int(time.time() if timestamp is None else timestamp))
+
+
 def _write_json_error(sock: socket.socket, status: int, reason: str, message: str) -> None:
     """Replaces gunicorn's HTML error page (util.write_error) with the API's JSON shape."""
     code = reason.lower().replace(" ", "_").replace("-", "_")
@@ -162,6 +175,7 @@ class Worker(ThreadWorker):
         # gunicorn writes its own errors (400, 414, 431) through util.write_error, with no hook: in this
         # worker process they come out in the API's shape.
         util.write_error = _write_json_error
+        util.http_date = _http_date
         try:
             super().init_process()  # serves until a stop; a boot error propagates to gunicorn's handling
         except SystemExit as exc:  # SIGINT/SIGQUIT: gunicorn's quick stop
