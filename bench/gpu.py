@@ -284,6 +284,15 @@ def post(url: str, path: str, body: dict) -> dict:
     return json.loads(payload)
 
 
+def batches_run(url: str) -> float:
+    """How many batches the server has run (from /metrics)."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith("mlx_serve_batch_requests_count"):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def gpu_memory_mb(pid: int) -> int | None:
     """What nvidia-smi says the process (or its children) holds."""
     try:
@@ -424,8 +433,10 @@ def _server(home: Path, quick: bool, clients: Callable[[str, str, list[dict], in
             singles = [{"model": name, "input": [t], "encoding_format": "base64"} for t in texts_of(64, 12, seed=9)]
             clients(url, "/v1/embeddings", singles, 64)  # every batch shape of this test seen once (graphs built)
             in_a_row = statistics.median(clients(url, "/v1/embeddings", singles, 1)[0] for _ in range(3))
+            batches_before = batches_run(url)
             together = statistics.median(clients(url, "/v1/embeddings", singles, 64)[0] for _ in range(3))
             record("server", f"{name} 64 single-text clients: in a row / concurrent", round(in_a_row / together, 2))
+            record("server", f"{name} 64 single-text clients: batches per 64", (batches_run(url) - batches_before) / 3)
             one = {"model": name, "input": "what is the capital of france?", "encoding_format": "base64"}
             latency = timed(lambda o=one, u=url: post(u, "/v1/embeddings", o), 30, 3)
             record("server", f"{name} one short text ms", round(latency * 1000, 2))
