@@ -115,15 +115,14 @@ def build(models: Path, minilm_files: Path, tiny: bool) -> None:
         model = cls(cfg).eval()
         model.save_pretrained(path, safe_serialization=True)
         for file in MINILM_FILES:
-            if name == "minilm-ce" and file in ("modules.json", "sentence_bert_config.json", "1_Pooling/config.json"):
+            # The cross-encoder keeps the config save_pretrained wrote (num_labels=1): MiniLM's own has no
+            # num_labels, which means two, and sentence-transformers' CrossEncoder then refuses the weights.
+            not_for_ce = ("config.json", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json")
+            if name == "minilm-ce" and file in not_for_ce:
                 continue
             if (minilm_files / file).exists():
                 (path / file).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(minilm_files / file, path / file)
-        if name == "minilm-ce":
-            cfg_json = json.loads((path / "config.json").read_text())
-            cfg_json["architectures"] = ["BertForSequenceClassification"]
-            (path / "config.json").write_text(json.dumps(cfg_json))
     for name, kind in (("qwen3-emb", "embedding"), ("qwen3-rr", "reranker")):
         path = models / name
         if (path / "model.safetensors").exists() or any(path.glob("model-*.safetensors")):
