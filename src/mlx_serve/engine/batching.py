@@ -144,11 +144,7 @@ class BatchRunner:
             launched = None
             if batch is not None:
                 try:
-                    # Only a batch with another after it is queued ahead: the last one is evaluated
-                    # where it is read, in one wait instead of two (each wait gives the interpreter lock
-                    # up, and under load getting it back costs up to a switch interval).
-                    queue = batch is not batches[-1]
-                    launched = (batch, self._launch([seqs[i] for i in batch], queue))
+                    launched = (batch, self._launch([seqs[i] for i in batch]))
                 except Exception as exc:
                     if not is_out_of_memory(exc):
                         raise
@@ -172,7 +168,7 @@ class BatchRunner:
         try:
             if not outs:
                 raise MemoryError("out of memory")  # the launch itself ran out of memory
-            return np.array(outs[0] if len(outs) == 1 else mx.concatenate(outs)), set()
+            return np.concatenate([np.array(o) for o in outs]), set()
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -199,14 +195,13 @@ class BatchRunner:
         probe = self._launch([Seq([self.pad_id])])
         return tuple(np.array(probe[0]).shape[1:])
 
-    def _launch(self, seqs: list[Seq], queue: bool = True) -> list[mx.array]:
-        """One batch, split across the streams (MLX runs each CPU stream on its own thread, so on a CPU the
-        element-wise work, which MLX does on one core, uses them all), and queued if `queue`."""
+    def _launch(self, seqs: list[Seq]) -> list[mx.array]:
+        """One batch, split across the streams and queued: MLX runs each CPU stream on its own thread, so
+        on a CPU the element-wise work (GELU, softmax, norms), which MLX does on one core, uses them all."""
         bounds = split_evenly([len(s) for s in seqs], len(self.streams))
         runs = pairwise(bounds)  # at most one run per stream
         outs = [self._forward(seqs[a:b], stream) for (a, b), stream in zip(runs, self.streams, strict=False)]
-        if queue:
-            mx.async_eval(outs)
+        mx.async_eval(outs)
         return outs
 
     def _forward(self, seqs: list[Seq], stream: mx.Stream) -> mx.array:

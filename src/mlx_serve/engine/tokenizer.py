@@ -141,9 +141,8 @@ class TextTokenizer:
     def _encode_texts(self, texts: list[tuple[int, str]], truncate: bool, out: list[Seq | None]) -> None:
         tok = self._cut if truncate else self._full
         cuts = [self.bounded(x) for _, x in texts]
-        # encode_batch even for one text: it releases the interpreter lock while Rust works (`encode`
-        # holds it), and under load that lock is what the request threads and the inference thread share.
-        encodings = tok.encode_batch(cuts)
+        # One text: `encode`, since encode_batch hands even one text to a thread pool.
+        encodings = [tok.encode(cuts[0])] if len(cuts) == 1 else tok.encode_batch(cuts)
         for (i, text), part, enc in zip(texts, cuts, encodings, strict=True):
             if len(enc.ids) > self.max_length:
                 raise too_long(i, len(enc.ids), self.max_length, at_least=part is not text)
