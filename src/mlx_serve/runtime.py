@@ -191,20 +191,16 @@ class Runtime:
             model = self.cache.ready(slot)
             if model is None:
                 model = self._wait(self.cache.schedule_load(slot), deadline)
-            # While this thread tokenizes, a batch that starts waits a moment for it (Scheduler.arriving).
-            with self.scheduler.arriving() as submit:
-                try:
-                    seqs = prepare(model)
-                except (InputError, InvalidRequest):
-                    raise
-                except ValueError as exc:  # e.g. an instruction for a model that takes none
-                    raise InvalidRequest(str(exc), "instruction") from None
-                try:
-                    future = submit(Job(entry.name, slot, model, seqs))
-                except QueueFull as exc:
-                    raise Overloaded(str(exc)) from None
             try:
-                rows = self._wait(future, deadline)
+                seqs = prepare(model)
+            except (InputError, InvalidRequest):
+                raise
+            except ValueError as exc:  # e.g. an instruction for a model that takes none
+                raise InvalidRequest(str(exc), "instruction") from None
+            try:
+                rows = self._wait(self.scheduler.submit(Job(entry.name, slot, model, seqs)), deadline)
+            except QueueFull as exc:
+                raise Overloaded(str(exc)) from None
             except InputsTooLarge as exc:
                 raise TooLarge(exc.indices) from None
         return finish(model, rows)

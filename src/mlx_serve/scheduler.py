@@ -16,9 +16,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -32,12 +31,6 @@ if TYPE_CHECKING:
     from mlx_serve.engine import Seq
 
 log = get_logger("mlx_serve.scheduler")
-
-# How long a batch may wait for requests that are being tokenized as it starts. Concurrent clients reach
-# the queue one after another (their Python shares one interpreter lock), and without the wait each
-# batch took the few that had arrived: 64 single-text clients ran as 13 batches on an H100, each batch
-# paying its own launch and hand-offs. A lone request never waits: nothing else is arriving.
-GATHER_SECONDS = 0.002
 
 
 class QueueFull(RuntimeError):
@@ -87,7 +80,6 @@ class Scheduler:
         metrics: Metrics,
         on_idle: Callable[[], None] | None = None,
         idle_after: float = 2.0,
-        gather: float = GATHER_SECONDS,
     ) -> None:
         self.max_batch_tokens = max_batch_tokens
         self.max_queued = max_queued
@@ -96,20 +88,16 @@ class Scheduler:
         # (the runtime gives MLX's buffer cache back there).
         self.on_idle = on_idle
         self.idle_after = idle_after
-        self.gather = gather
         self._ran_since_idle = False
         self._requests: deque[Job] = deque()
         self._control: deque[ControlJob] = deque()
-        self._arriving = 0  # request threads between arriving() and their submit
         self._cond = threading.Condition()
         self._closing = False
         self._thread = threading.Thread(target=self._loop, name="mlx-inference", daemon=True)
         self._thread.start()
 
-    def submit(self, job: Job, arrived: bool = False) -> Future:
+    def submit(self, job: Job) -> Future:
         with self._cond:
-            if arrived:
-                self._arriving -= 1
             if self._closing:
                 raise QueueFull("the server is shutting down")
             if len(self._requests) >= self.max_queued:
@@ -117,27 +105,6 @@ class Scheduler:
             self._requests.append(job)
             self._cond.notify()
         return job.future
-
-    @contextmanager
-    def arriving(self) -> Iterator[Callable[[Job], Future]]:
-        """Around a request thread's preparation of its job (tokenizing): until it submits, with the
-        function this yields, or leaves, a batch that starts meanwhile waits up to `gather` seconds for it."""
-        with self._cond:
-            self._arriving += 1
-        submitted = False
-
-        def submit(job: Job) -> Future:
-            nonlocal submitted
-            submitted = True  # submit counts the arrival off even when it refuses the job
-            return self.submit(job, arrived=True)
-
-        try:
-            yield submit
-        finally:
-            if not submitted:
-                with self._cond:
-                    self._arriving -= 1
-                    self._cond.notify()
 
     def control(self, fn: Callable[[], Any]) -> Future:
         """Run `fn` on the inference thread before the next batch; never refused for a full queue."""
@@ -168,11 +135,6 @@ class Scheduler:
             if not self._requests:
                 return None
             first = self._requests.popleft()
-            deadline = time.perf_counter() + self.gather
-            while self._arriving and not self._control and not self._closing:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0 or not self._cond.wait(remaining):
-                    break
             same = [j for j in self._requests if j.group is first.group]
             for job in same:
                 self._requests.remove(job)
