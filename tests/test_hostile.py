@@ -19,12 +19,18 @@ from .conftest import MINILM, ServerProcess
 
 pytestmark = pytest.mark.process
 TIMEOUT = 2  # client_timeout for these servers, seconds
+SEND_TIMEOUT = 4  # send_timeout for these servers, seconds
+SLOW_READERS = 70  # more than the server's 64 threads
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[ServerProcess]:
     """One server for the module: small client timeout and body limit, MiniLM preloaded."""
-    env = {"MLX_SERVE_CLIENT_TIMEOUT": str(TIMEOUT), "MLX_SERVE_MAX_REQUEST_BYTES": str(9 * 2**20)}
+    env = {
+        "MLX_SERVE_CLIENT_TIMEOUT": str(TIMEOUT),
+        "MLX_SERVE_SEND_TIMEOUT": str(SEND_TIMEOUT),
+        "MLX_SERVE_MAX_REQUEST_BYTES": str(9 * 2**20),
+    }
     server = ServerProcess.start(tmp_path_factory.mktemp("home"), ["--preload", MINILM], env)
     try:
         server.wait_healthy(120)
@@ -141,6 +147,132 @@ def test_chunked_bodies_work_with_the_same_limit(server: ServerProcess) -> None:
     big = b"x" * (10 * 2**20)
     status, answer = raw(server, head, chunks=[b"%x\r\n%s\r\n0\r\n\r\n" % (len(big), big)])
     assert status == 413 and json.loads(answer)["error"]["code"] == "payload_too_large"
+
+
+def health_within(server: ServerProcess, seconds: float) -> float:
+    """/health answers 200 within `seconds`; how long it took."""
+    started = time.monotonic()
+    with urllib.request.urlopen(f"{server.url}/health", timeout=seconds + 5) as resp:
+        assert resp.status == 200
+    took = time.monotonic() - started
+    assert took < seconds, f"/health took {took:.1f} s"
+    return took
+
+
+CHUNKED_HEAD = b"POST /v1/embeddings HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def test_a_chunk_size_that_is_not_hex_digits_is_a_400_at_once(server: ServerProcess) -> None:
+    """`-6` (an 80-byte request, no key needed) moved the read position backwards and spun the event loop:
+    every request timed out until gunicorn killed the worker, models and all.
+    Shown by: printf 'POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n-6\r\n' | nc"""
+    for size in (b"-6", b" -7", b"-0x8", b"-7;", b"0x10", b"+5", b"1 2", b"\t5", b"12345678901234567"):
+        started = time.monotonic()
+        status, body = raw(server, CHUNKED_HEAD + size + b"\r\nabcdefghijklmnop\r\n0\r\n\r\n", timeout=5)
+        assert status == 400, (size, body)
+        assert json.loads(body)["error"]["code"] == "invalid_chunk"
+        assert time.monotonic() - started < 1
+    health_within(server, 2)
+    assert embed(server) == 200
+    # Extensions after a hex size are legal, as is whitespace before them.
+    body = json.dumps({"model": MINILM, "input": "chunk"}).encode()
+    good = b"%x ;name=value\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    status, _ = raw(server, CHUNKED_HEAD.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n") + good)
+    assert status == 200
+
+
+def test_framing_over_its_limits_is_refused_at_once_never_held(server: ServerProcess) -> None:
+    """A header block past 64 KB without its blank line, or a chunk-size line past 1 KB, went to a thread that
+    waited with no deadline: 70 of them (more than the 64 threads) kept /health down for a minute."""
+    header_flood = b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Pad: " + b"a" * (70 * 1024)
+    chunk_flood = CHUNKED_HEAD + b"1;" + b"e" * 2048
+    socks = []
+    try:
+        for i in range(70):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            sock.sendall(header_flood if i % 2 == 0 else chunk_flood)
+            socks.append(sock)
+        health_within(server, 2)
+        for i, sock in enumerate(socks):
+            status_line = sock.recv(4096).split(b"\r\n")[0]
+            assert status_line == (
+                b"HTTP/1.1 431 Request Header Fields Too Large" if i % 2 == 0 else b"HTTP/1.1 400 Bad Request"
+            )
+    finally:
+        for sock in socks:
+            sock.close()
+    health_within(server, 2)
+
+
+def test_trailers_count_against_the_body_limit(server: ServerProcess) -> None:
+    """Chunked trailers were not counted: 50 floods of them added 514 MB to the worker."""
+    trailers = b"".join(b"X-T%d: %s\r\n" % (i, b"t" * 1000) for i in range(10_000))  # 10 MB of trailers
+    status, body = raw(server, CHUNKED_HEAD + b"2\r\n{}\r\n0\r\n" + trailers + b"\r\n")
+    assert status == 413 and json.loads(body)["error"]["code"] == "payload_too_large"
+
+
+def test_rank_fields_take_each_field_once_and_a_few(server: ServerProcess) -> None:
+    """rank_fields built each document's text once per listed field, with no limit: an 810 KB body took the
+    worker from 735 MB to 2.1 GB, and /rerank with return_documents answered 201 MB for 802 KB."""
+    worker = psutil.Process(server.proc.pid).children()[0]
+    docs = [{"title": "title " * 3000, "body": "body " * 3000} for _ in range(25)]  # ~830 KB
+    body = {"model": MINILM, "query": "q", "documents": docs, "rank_fields": ["title", "body"]}
+    status, _ = raw(server, post_json("/rerank", {**body, "return_documents": True}), timeout=120)
+    assert status == 200  # the same work once, so that what follows measures only the repetition
+    before = worker.memory_info().rss
+    body["rank_fields"] = ["title", "body"] * 4000
+    status, answer = raw(server, post_json("/rerank", {**body, "return_documents": True}), timeout=120)
+    assert status == 200
+    assert len(answer) < 2 * 2**20  # the texts once each, not 4,000 times each
+    assert worker.memory_info().rss - before < 100 * 2**20
+    many = {**body, "rank_fields": [f"f{i}" for i in range(100)]}
+    status, answer = raw(server, post_json("/v1/rerank", many))
+    assert status == 400 and "at most 16" in json.loads(answer)["error"]["message"]
+
+
+def test_slow_readers_hold_no_thread_and_are_closed_after_send_timeout(server: ServerProcess) -> None:
+    """SO_SNDTIMEO fired only when no byte got through: 70 clients reading an 8 MB answer at 1 KB every 4 s
+    kept /health down for 110 s. Now a thread never waits on a client's reading, and a client that has not
+    taken its whole answer within send_timeout is disconnected (and counted)."""
+    # A 3.5 MB document returned twice: a 7 MB answer, more than the kernel's buffers hold (4 MB at most on
+    # Linux), so the rest waits in the server.
+    doc = "word " * 700_000
+    body = json.dumps({"model": MINILM, "query": "q", "documents": [doc, doc], "return_documents": True})
+    data = request("POST", "/v1/rerank", body.encode(), {"Content-Type": "application/json"})
+    socks = []
+    try:
+        for _ in range(SLOW_READERS):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
+            sock.settimeout(30)
+            sock.connect(("127.0.0.1", server.port))
+            sock.sendall(data)
+            socks.append(sock)
+        time.sleep(1)  # every request has been answered into its outbox by now
+        health_within(server, 2)
+        assert embed(server) == 200
+        for sock in socks[:5]:  # a kilobyte each, as the slow readers did
+            assert sock.recv(1024)
+        time.sleep(SEND_TIMEOUT + 2)
+        health_within(server, 2)
+        received = []
+        for sock in socks:
+            total = 0
+            while part := sock.recv(1 << 20):
+                total += len(part)
+            received.append(total)
+        assert all(total < len(doc) * 2 for total in received)  # cut off: none had its whole answer
+    finally:
+        for sock in socks:
+            sock.close()
+    with urllib.request.urlopen(f"{server.url}/metrics", timeout=10) as resp:
+        metrics = resp.read().decode()
+    closed = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith('mlx_serve_connections_closed_total{reason="send_timeout"}')
+    ]
+    assert closed and float(closed[0].rsplit(" ", 1)[1]) >= 70
 
 
 def test_expect_100_continue_as_curl_sends_it(server: ServerProcess) -> None:

@@ -70,6 +70,12 @@ class Metrics:
         self.model_memory_bytes = Gauge(
             "mlx_serve_model_memory_bytes", "Memory of each loaded model's weights", ["model"], registry=r
         )
+        self.connections_closed = Counter(
+            "mlx_serve_connections_closed",
+            "Connections the server closed on a client, by reason (send_timeout: it did not take its answer)",
+            ["reason"],
+            registry=r,
+        )
         self.memory = MemoryCollector()  # read at scrape time; the server gives it the limits it set
         r.register(self.memory)
 

@@ -42,6 +42,7 @@ class Server(BaseApplication):
         self.home = home
         self.runtime = None
         self.readiness: Readiness | None = None  # the worker's, once its app is built
+        self.metrics: Any = None  # the worker's, once its app is built
         super().__init__()
 
     def load_config(self) -> None:
@@ -91,7 +92,7 @@ class Server(BaseApplication):
         kernels = jit.enable()  # before any model compiles a kernel
         if kernels.needs_warning:
             log.warning("slow_kernels", reason=kernels.reason, hint=kernels.hint)
-        metrics = Metrics()
+        metrics = self.metrics = Metrics()
         metrics.memory.limits = memory.configure(self.settings.mlx_cache_limit, self.settings.mlx_memory_limit)
         store = ModelStore(self.settings.models_dir, self.settings.model_aliases)
         for leftover in store.clean_leftovers():  # what killed pulls left behind (none is running now)
@@ -125,6 +126,11 @@ class Server(BaseApplication):
             self.exit_worker(BOOT_ERROR)
         self.readiness.set("ready")
         log.info("ready", **details, preloaded=list(self.settings.preload_models))
+
+    def connections_closed(self, reason: str) -> None:
+        """The worker closed a connection on its client (e.g. an answer not taken within send_timeout)."""
+        if self.metrics is not None:
+            self.metrics.connections_closed.labels(reason).inc()
 
     def begin_drain(self) -> float:
         """A graceful stop begins: /ready says 503 from now on. Seconds to go on serving (`drain_seconds`),

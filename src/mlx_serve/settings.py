@@ -67,6 +67,7 @@ class Settings(BaseModel):
     allowed_origins: tuple[str, ...]
     allowed_hosts: tuple[str, ...]
     client_timeout: float = Field(gt=0, le=3600)
+    send_timeout: float = Field(gt=0, le=3600)
     models_dir: Path
     log_level: Literal["debug", "info", "warning", "error"]
     log_format: Literal["auto", "json", "console"]

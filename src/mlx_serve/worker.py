@@ -1,16 +1,22 @@
-"""gunicorn's threaded worker, changed so that a request takes a thread only once it has fully arrived.
+"""gunicorn's threaded worker, changed so that no client can hold a thread: a request takes a thread only
+once it has fully arrived, and a thread never waits for a client to take its answer.
 
-gunicorn's gthread worker hands each connection to a thread at once; the thread reads the headers and
-the body with blocking calls and no deadline (gunicorn has no setting for one). A client that sends
-its headers a byte at a time, or a body shorter than its Content-Length, holds that thread as long as
-it likes: 64 such sockets took a server with 64 threads offline. Here the worker's own event loop reads
-each request with non-blocking calls until its headers and its body are complete, and only then hands it
-to a thread, with everything already buffered. A request not complete within `client_timeout` gets a 408
-and its connection is closed; a body over `max_request_bytes` gets a 413 before it is read. Writes are
-bounded too (SO_SNDTIMEO), so a client that never reads its answer frees its thread after the timeout.
+gunicorn's gthread worker hands each connection to a thread, which reads the headers and the body with
+blocking calls, and writes the answer with blocking calls too. A client that sends a byte at a time, or
+reads its answer a kilobyte every few seconds, holds that thread as long as it likes: 64 or 70 such
+sockets took a server with 64 threads offline. Here:
 
-gunicorn's own error pages (a malformed request line, headers too large) are answered in the API's JSON
-error shape instead of HTML.
+- The worker's event loop reads each request with non-blocking calls until framing.py calls it complete,
+  and only then hands it to a thread, with everything already buffered. What framing.py refuses (bad
+  chunk sizes, headers or chunk lines past their limits, bodies over `max_request_bytes`) is answered
+  here at once. A request not complete within `client_timeout` of its first byte gets a 408.
+- A thread's writes never block: what the socket does not take at once waits in the connection's outbox,
+  which the event loop sends as the client reads. A client must take all that waits for it within
+  `send_timeout`, or its connection is closed (counted in `mlx_serve_connections_closed`).
+- Connections close without blocking the event loop (gunicorn's graceful close lingers on a read for up
+  to two seconds, on the one thread that serves everyone).
+
+Errors answered here (and gunicorn's own: 400, 414, 431) take the JSON shape of the route they were sent to.
 """
 
 from __future__ import annotations
@@ -23,112 +29,32 @@ import socket
 import struct
 import threading
 import time
+import weakref
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 from gunicorn import util
 from gunicorn.workers.gthread import ThreadWorker
 
-from mlx_serve.cache import PreloadError  # (the master imports this module: nothing here imports MLX)
+# The master imports this module: nothing here imports MLX.
+from mlx_serve.cache import PreloadError
+from mlx_serve.framing import Frame, frame, request_path
 
-HEADER_LIMIT = 64 * 1024  # a header block longer than this is gunicorn's to refuse (431)
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-DRAIN_SECONDS = 2.0  # how long a refused client's remaining bytes are read before its connection closes
+LINGER_SECONDS = 2.0  # how long a closing connection's remaining input is read and dropped
+REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Payload Too Large", 431: "Request Header Fields Too Large"}
 
 
-@dataclass(frozen=True)
-class Frame:
-    """How far a buffered request has arrived."""
-
-    state: Literal["incomplete", "complete", "too_large", "unsupported", "unreadable"]
-    end: int = 0  # the request's last byte + 1, once complete
-    header_end: int = 0  # the first body byte, once the headers are in
-    expects_continue: bool = False
-
-
-def frame(buf: bytes, limit: int) -> Frame:
-    """Is the HTTP/1.x request at the start of `buf` complete? `limit`: the largest body accepted.
-
-    "unreadable" means the framing is broken (a bad Content-Length, both a length and chunks): gunicorn's
-    own parser then refuses it with the right status."""
-    header_end = buf.find(b"\r\n\r\n")
-    if header_end < 0:
-        return Frame("unreadable") if len(buf) > HEADER_LIMIT else Frame("incomplete")
-    header_end += 4
-    lengths, codings, expects = [], [], False
-    for line in buf[:header_end].split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        name, value = name.strip().lower(), value.strip().lower()
-        if name == b"content-length":
-            lengths.append(value)
-        elif name == b"transfer-encoding":
-            codings += [c.strip() for c in value.split(b",")]
-        elif name == b"expect":
-            expects = value == b"100-continue"
-    if codings and codings != [b"chunked"]:
-        return Frame("unsupported", header_end=header_end)
-    chunked = bool(codings)
-    if (chunked and lengths) or len(set(lengths)) > 1:
-        return Frame("unreadable", header_end=header_end)
-    if chunked:
-        end = _chunked_end(buf, header_end, limit)
-        if end == "too_large":
-            return Frame("too_large", header_end=header_end)
-        if end == "unreadable":
-            return Frame("unreadable", header_end=header_end)
-        if end is None:
-            return Frame("incomplete", header_end=header_end, expects_continue=expects)
-        return Frame("complete", end, header_end)
-    length = 0
-    if lengths:
-        if not lengths[0].isdigit():
-            return Frame("unreadable", header_end=header_end)
-        length = int(lengths[0])
-    if length > limit:
-        return Frame("too_large", header_end=header_end)
-    if len(buf) < header_end + length:
-        return Frame("incomplete", header_end=header_end, expects_continue=expects)
-    return Frame("complete", header_end + length, header_end)
-
-
-def _chunked_end(buf: bytes, pos: int, limit: int) -> int | str | None:
-    """Where a chunked body starting at `pos` ends; None while incomplete."""
-    body = 0
-    while True:
-        eol = buf.find(b"\r\n", pos)
-        if eol < 0:
-            return "unreadable" if len(buf) - pos > 1024 else None
-        size_field = buf[pos:eol].split(b";", 1)[0].strip()
-        try:
-            size = int(size_field, 16)
-        except ValueError:
-            return "unreadable"
-        body += size
-        if body > limit:
-            return "too_large"
-        if size == 0:  # the last chunk, then trailer fields, then an empty line
-            if buf[eol + 2 : eol + 4] == b"\r\n":
-                return eol + 4
-            end = buf.find(b"\r\n\r\n", eol + 2)
-            return None if end < 0 else end + 4
-        pos = eol + 2 + size + 2
-        if len(buf) < pos:
-            return None
-        if buf[pos - 2 : pos] != b"\r\n":
-            return "unreadable"
-
-
-def _without_expect(head: bytes) -> bytes:
-    """The header block without `Expect: 100-continue`, once we have answered it ourselves."""
-    lines = head.split(b"\r\n")
-    return b"\r\n".join(line for line in lines if not line.lower().startswith(b"expect:"))
-
-
-def error_response(status: int, reason: str, message: str, code: str) -> bytes:
-    """A complete HTTP response in the API's error shape, closing the connection."""
-    kind = "server_error" if status >= 500 else "invalid_request_error"
-    body = orjson.dumps({"error": {"message": message, "type": kind, "code": code, "param": None}})
+def error_response(status: int, reason: str, message: str, code: str, path: str) -> bytes:
+    """A complete HTTP response in the error shape of the route `path`, closing the connection."""
+    if path.startswith("/v2/") or path.rstrip("/") == "/v1/embed":  # Cohere's routes
+        body = orjson.dumps({"id": "", "message": message})
+    else:
+        kind = "server_error" if status >= 500 else "invalid_request_error"
+        body = orjson.dumps({"error": {"message": message, "type": kind, "code": code, "param": None}})
     head = (
         f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
@@ -148,34 +74,98 @@ def _http_date(timestamp: float | None = None) -> str:
 
 
 def _write_json_error(sock: socket.socket, status: int, reason: str, message: str) -> None:
-    """Replaces gunicorn's HTML error page (util.write_error) with the API's JSON shape."""
+    """Replaces gunicorn's HTML error page (util.write_error) with the API's JSON shape. gunicorn gives no
+    path: its errors come from a request line or headers it could not read."""
     code = reason.lower().replace(" ", "_").replace("-", "_")
-    util.write_nonblock(sock, error_response(status, reason, message or reason, code))
+    util.write_nonblock(sock, error_response(status, reason, message or reason, code, ""))
+
+
+class Outbox:
+    """What a connection's answer still has to send. A request thread appends and sends what the socket
+    takes without waiting; the event loop sends the rest once the thread is done."""
+
+    def __init__(self, sock: socket.socket, send_timeout: float) -> None:
+        self.sock = sock
+        self.send_timeout = send_timeout
+        self.pending: deque[memoryview] = deque()
+        self.deadline: float | None = None  # set while bytes wait: the client must take them by then
+        self.lock = threading.Lock()
+
+    def write(self, data: bytes) -> None:
+        with self.lock:
+            if data:
+                self.pending.append(memoryview(data))
+            self._send()
+
+    def flush(self) -> bool:
+        """Send what the socket takes now; True once nothing waits."""
+        with self.lock:
+            self._send()
+            return not self.pending
+
+    def _send(self) -> None:
+        while self.pending:
+            try:
+                sent = self.sock.send(self.pending[0], socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            if sent == len(self.pending[0]):
+                self.pending.popleft()
+            else:
+                self.pending[0] = self.pending[0][sent:]
+        if not self.pending:
+            self.deadline = None
+        elif self.deadline is None:
+            self.deadline = time.monotonic() + self.send_timeout
+
+
+# gunicorn writes every answer through util.write (and util.write_chunk): the outboxes of this worker's
+# connections, by socket. A socket without one (none in this worker) is written as gunicorn would.
+OUTBOXES: weakref.WeakKeyDictionary[socket.socket, Outbox] = weakref.WeakKeyDictionary()
+
+
+def _write(sock: socket.socket, data: bytes, chunked: bool = False) -> None:
+    if chunked:
+        data = b"%X\r\n%s\r\n" % (len(data), data)
+    box = OUTBOXES.get(sock)
+    if box is None:
+        sock.sendall(data)
+    else:
+        box.write(data)
+
+
+def _write_chunk(sock: socket.socket, data: bytes | str) -> None:
+    _write(sock, data.encode() if isinstance(data, str) else data, chunked=True)
 
 
 @dataclass(eq=False)
 class Reading:
     deadline: float
+    path: str = ""
     buf: bytearray = field(default_factory=bytearray)
     continued: bool = False  # "100 Continue" sent
-    draining: bool = False  # refused: what the client still sends is read and dropped, then closed
 
 
 BOOT_ERROR = 3  # gunicorn's WORKER_BOOT_ERROR: the arbiter stops ("Worker failed to boot") instead of retrying
 
 
 class Worker(ThreadWorker):
-    """gthread, with requests read in full on the event loop before a thread takes them."""
+    """gthread, with requests read in full and answers sent by the event loop."""
 
     def init_process(self) -> None:
         settings = self.app.settings  # the mlx-serve Server application
         self.client_timeout: float = settings.client_timeout
+        self.send_timeout: float = settings.send_timeout
         self.max_body: int = settings.max_request_bytes
         self._reading: dict[Any, Reading] = {}
+        self._sending: dict[Any, tuple[Outbox, Callable[[], None]]] = {}  # answered, waiting for the client
+        self._lingering: dict[Any, float] = {}  # closing: their input read and dropped until the deadline
         # gunicorn writes its own errors (400, 414, 431) through util.write_error, with no hook: in this
-        # worker process they come out in the API's shape.
+        # worker process they come out in the API's shape; and every write goes through an outbox.
         util.write_error = _write_json_error
         util.http_date = _http_date
+        util.write = _write
+        util.write_chunk = _write_chunk
         try:
             super().init_process()  # serves until a stop; a boot error propagates to gunicorn's handling
         except SystemExit as exc:  # SIGINT/SIGQUIT: gunicorn's quick stop
@@ -195,6 +185,12 @@ class Worker(ThreadWorker):
         timer.daemon = True
         timer.start()
 
+    def _count_closed(self, reason: str) -> None:
+        counter = getattr(self.app, "connections_closed", None)
+        if counter is not None:
+            counter(reason)
+
+    # -- reading ---------------------------------------------------------------------------------
     # Every path to a thread (a new connection, a kept-alive one readable again, a pipelined request)
     # goes through enqueue_req: read the request first.
     def enqueue_req(self, conn: Any) -> None:
@@ -206,13 +202,15 @@ class Worker(ThreadWorker):
 
     def _start_reading(self, conn: Any) -> None:
         leftover = b""
-        if conn.parser is None:  # a new connection: bound its writes as well
+        if conn.parser is None:  # a new connection
+            OUTBOXES[conn.sock] = Outbox(conn.sock, self.send_timeout)
+            # A safety net only: a thread given a request framing.py called complete never reads the socket.
             timeval = struct.pack("ll", int(self.client_timeout), int(self.client_timeout % 1 * 1e6))
-            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
         else:  # a kept-alive connection may hold the start of its next request already
             leftover = conn.parser.unreader.take_buffered()
         conn.sock.setblocking(False)
-        state = Reading(time.monotonic() + self.client_timeout, bytearray(leftover))
+        state = Reading(time.monotonic() + self.client_timeout, buf=bytearray(leftover))
         self._reading[conn] = state
         # A kept-alive connection comes here because the poller saw it readable, and a new one often has
         # its request waiting already: read at once, and a whole request never waits for another turn
@@ -237,34 +235,30 @@ class Worker(ThreadWorker):
         if not data:  # the client went away
             self._close(conn)
             return True
-        if state.draining:
-            return False
         state.buf += data
         return self._advance(conn, state)
 
     def _advance(self, conn: Any, state: Reading) -> bool:
         """Hand a complete request to a thread, refuse a bad one; True when the connection left reading."""
-        verdict = frame(bytes(state.buf), self.max_body)
+        data = bytes(state.buf)
+        if not state.path:
+            state.path = request_path(data)
+        verdict = frame(data, self.max_body)
         if verdict.state == "incomplete":
             if verdict.expects_continue and not state.continued:
                 state.continued = True  # curl waits for this before it sends a body over 1 KiB
-                self._send(conn, CONTINUE)
+                with contextlib.suppress(OSError):
+                    conn.sock.send(CONTINUE)
             return False
-        if verdict.state == "too_large":
-            message = f"The request body is larger than the limit of {self.max_body} bytes."
-            self._refuse(conn, error_response(413, "Payload Too Large", message, "payload_too_large"))
+        if verdict.state == "refused":
+            self._refuse(conn, verdict.status, verdict.message, verdict.code)
             return True
-        if verdict.state == "unsupported":  # gunicorn would answer 501: this is the client's to fix
-            message = "Only a plain or a chunked body is accepted (Transfer-Encoding: chunked, or Content-Length)."
-            self._refuse(conn, error_response(400, "Bad Request", message, "invalid_transfer_encoding"))
-            return True
-        data = bytes(state.buf)
         if state.continued:
             data = _without_expect(data[: verdict.header_end]) + data[verdict.header_end :]
-        self._handover(conn, data)
+        self._handover(conn, data, verdict)
         return True
 
-    def _handover(self, conn: Any, data: bytes) -> None:
+    def _handover(self, conn: Any, data: bytes, verdict: Frame) -> None:
         self._forget(conn)
         conn.sock.setblocking(True)
         conn.init()  # the HTTP parser, for a new connection (a no-op for a kept-alive one)
@@ -275,49 +269,121 @@ class Worker(ThreadWorker):
 
     def _forget(self, conn: Any) -> None:
         self._reading.pop(conn, None)
+        self._unregister(conn)
+
+    def _unregister(self, conn: Any) -> None:
         with contextlib.suppress(KeyError, ValueError, OSError):
             self.poller.unregister(conn.sock)
 
-    def _send(self, conn: Any, data: bytes) -> None:
-        with contextlib.suppress(OSError):
-            conn.sock.send(data)
-
-    def _refuse(self, conn: Any, response: bytes) -> None:
-        """Answer and close, after reading what the client is still sending (briefly): closing with
-        unread data would reset the connection, and the client might never see the answer."""
-        self._send(conn, response)
+    def _refuse(self, conn: Any, status: int, message: str, code: str) -> None:
+        """Answer an error in the route's shape, then close (after reading what the client still sends,
+        briefly: closing with unread data would reset the connection before the client saw the answer)."""
         state = self._reading.get(conn)
-        if state is None or state.draining:
+        path = state.path if state is not None else ""
+        self._forget(conn)
+        with contextlib.suppress(OSError):
+            conn.sock.send(error_response(status, REASONS.get(status, "Error"), message, code, path))
+        self._linger(conn)
+
+    # -- answering -------------------------------------------------------------------------------
+    def finish_request(self, conn: Any, fs: Any) -> None:
+        """A thread is done with a request (on the event loop). Its answer may still wait in the outbox:
+        the connection is kept or closed only once the client has taken it."""
+        box = OUTBOXES.get(conn.sock)
+        try:
+            done = box is None or box.flush()
+        except OSError:  # the client went away
             self._close(conn)
             return
-        with contextlib.suppress(OSError):
-            conn.sock.shutdown(socket.SHUT_WR)
-        state.draining, state.buf = True, bytearray()
-        state.deadline = time.monotonic() + DRAIN_SECONDS
-        if not self._registered(conn):
-            self.poller.register(conn.sock, selectors.EVENT_READ, lambda _sock, c=conn: self._on_readable(c))
+        if not done:
+            self._sending[conn] = (box, lambda: self._finished(conn, fs))
+            self.poller.register(conn.sock, selectors.EVENT_WRITE, lambda _sock, c=conn: self._on_writable(c))
+            return
+        self._finished(conn, fs)
 
-    def _registered(self, conn: Any) -> bool:
+    def _on_writable(self, conn: Any) -> None:
+        waiting = self._sending.get(conn)
+        if waiting is None:
+            return
+        box, then = waiting
         try:
-            self.poller.get_key(conn.sock)
-            return True
-        except (KeyError, ValueError):
-            return False
+            done = box.flush()
+        except OSError:  # the client went away
+            self._sending.pop(conn, None)
+            self._close(conn)
+            return
+        if done:
+            self._sending.pop(conn, None)
+            self._unregister(conn)
+            then()
+
+    def _finished(self, conn: Any, fs: Any) -> None:
+        try:
+            keep = fs.result() if not fs.cancelled() else False
+        except Exception:
+            keep = False
+        if keep:
+            super().finish_request(conn, fs)  # kept alive: back to the poller (or its next request)
+        else:
+            self._linger(conn)
+
+    # -- closing ---------------------------------------------------------------------------------
+    def _linger(self, conn: Any) -> None:
+        """Close without blocking: send FIN, then read and drop what the client still sends until it closes
+        or LINGER_SECONDS pass (murder_pending ends it)."""
+        self._unregister(conn)
+        try:
+            conn.sock.setblocking(False)
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._close(conn)
+            return
+        self._lingering[conn] = time.monotonic() + LINGER_SECONDS
+        self.poller.register(conn.sock, selectors.EVENT_READ, lambda _sock, c=conn: self._on_lingering(c))
+
+    def _on_lingering(self, conn: Any) -> None:
+        try:
+            data = conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close(conn)
 
     def _close(self, conn: Any) -> None:
         self._forget(conn)
+        self._sending.pop(conn, None)
+        self._lingering.pop(conn, None)
+        OUTBOXES.pop(conn.sock, None)
         self.nr_conns -= 1
         conn.close()
 
     def murder_pending(self) -> None:
-        """Also close connections that did not send a whole request in time (every loop, about 1 s)."""
+        """Every loop (about 1 s): requests that did not arrive in time get a 408, answers the client did not
+        take in time and lingering closes end."""
         super().murder_pending()
         now = time.monotonic()
         for conn, state in list(self._reading.items()):
-            if state.draining and (now >= state.deadline or not self.alive):
+            if now < state.deadline and self.alive:
+                continue
+            # What arrived while this process was not running (stopped, swapped out) counts as in time.
+            if self.alive and self._receive(conn, state):
+                continue
+            message = f"The request did not arrive within {self.client_timeout:g} s (client_timeout)."
+            if not self.alive:
+                message = "The server is shutting down."
+            self._refuse(conn, 408, message, "request_timeout")
+        for conn, (box, _) in list(self._sending.items()):
+            if box.deadline is not None and now >= box.deadline:
+                self._count_closed("send_timeout")
                 self._close(conn)
-            elif not state.draining and (now >= state.deadline or not self.alive):
-                message = f"The request did not arrive within {self.client_timeout:g} s."
-                if not self.alive:
-                    message = "The server is shutting down."
-                self._refuse(conn, error_response(408, "Request Timeout", message, "request_timeout"))
+        for conn, deadline in list(self._lingering.items()):
+            if now >= deadline:
+                self._close(conn)
+
+
+def _without_expect(head: bytes) -> bytes:
+    """The header block without `Expect: 100-continue`, once we have answered it ourselves."""
+    lines = head.split(b"\r\n")
+    return b"\r\n".join(line for line in lines if not line.lower().startswith(b"expect:"))

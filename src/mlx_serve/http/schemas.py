@@ -153,6 +153,20 @@ def _documents(value: Any) -> list[Document]:
     return value
 
 
+MAX_RANK_FIELDS = 16
+
+
+def _rank_fields(value: Any) -> Any:
+    """Each field once (a list that repeats one field would build each document's text again per copy),
+    and a few of them: rank fields name a document's parts, not its data."""
+    if not isinstance(value, list):
+        return value
+    unique = list(dict.fromkeys(value)) if all(isinstance(v, str) for v in value) else value
+    if len(unique) > MAX_RANK_FIELDS:
+        raise ValueError(f"rank_fields names {len(unique)} fields; at most {MAX_RANK_FIELDS} are taken")
+    return unique
+
+
 def document_texts(documents: list[Document], rank_fields: list[str] | None) -> list[str]:
     """The text ranked for each document: a string as it is; an object's `text`, or with `rank_fields` those
     fields as `field: value` lines, in that order (Cohere's advice for structured documents: YAML-like
@@ -231,7 +245,9 @@ class _Ranking(_Request):
     query: str = Field(min_length=1)
     documents: Documents
     # Cohere: which fields of object documents are ranked (default: `text`).
-    rank_fields: list[str] | None = Field(default=None, min_length=1)
+    rank_fields: Annotated[list[str], BeforeValidator(_rank_fields)] | None = Field(
+        default=None, min_length=1, max_length=MAX_RANK_FIELDS
+    )
     top_n: StrictInt | None = Field(default=None, ge=1)
     # Cohere: documents are cut to this many tokens before ranking.
     max_tokens_per_doc: StrictInt | None = Field(default=None, ge=1)
@@ -548,11 +564,25 @@ def parse_embedding_request(body: dict[str, Any], max_inputs: int) -> EmbeddingR
     return request
 
 
-def parse_rerank_request(body: dict[str, Any], max_inputs: int) -> RerankRequest:
+def parse_rerank_request(body: dict[str, Any], max_inputs: int, max_bytes: int) -> RerankRequest:
     _require_model(body)
     request = validate(RerankRequest, body)
     _too_many(len(request.documents), max_inputs, "documents", "documents")
+    _texts_fit(request.texts, max_bytes)
     return request
+
+
+def _texts_fit(texts: list[str], max_bytes: int) -> None:
+    """What a request builds is bounded as its body is: documents' texts made from their fields (and
+    returned with return_documents) may not come to more than max_request_bytes."""
+    size = sum(len(t) for t in texts)
+    if size > max_bytes:
+        raise ApiError(
+            413,
+            f"the documents' texts come to {size} characters, over the limit of {max_bytes} (max_request_bytes)",
+            "payload_too_large",
+            "documents",
+        )
 
 
 def parse_cohere_embed_request(body: dict[str, Any], max_inputs: int) -> CohereEmbedRequest:
@@ -562,10 +592,11 @@ def parse_cohere_embed_request(body: dict[str, Any], max_inputs: int) -> CohereE
     return request
 
 
-def parse_cohere_rerank_request(body: dict[str, Any], max_inputs: int) -> CohereRerankRequest:
+def parse_cohere_rerank_request(body: dict[str, Any], max_inputs: int, max_bytes: int) -> CohereRerankRequest:
     _require_model(body)
     request = validate(CohereRerankRequest, body)
     _too_many(len(request.documents), max_inputs, "documents", "documents")
+    _texts_fit(request.texts, max_bytes)
     return request
 
 

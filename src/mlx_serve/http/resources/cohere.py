@@ -87,7 +87,9 @@ class CohereRerankResource:
         self.max_inputs = max_inputs
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        request = parse_cohere_rerank_request(read_json_object(req, self.max_request_bytes), self.max_inputs)
+        request = parse_cohere_rerank_request(
+            read_json_object(req, self.max_request_bytes), self.max_inputs, self.max_request_bytes
+        )
         req.context.model = request.model
         with runtime_errors(request.model, "documents"):
             result = self.runtime.rerank(

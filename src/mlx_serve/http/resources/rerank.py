@@ -28,7 +28,9 @@ class RerankResource:
         self.documents_as_text = documents_as_text
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        request = parse_rerank_request(read_json_object(req, self.max_request_bytes), self.max_inputs)
+        request = parse_rerank_request(
+            read_json_object(req, self.max_request_bytes), self.max_inputs, self.max_request_bytes
+        )
         req.context.model = request.model
         with runtime_errors(request.model, "documents"):
             result = self.runtime.rerank(
