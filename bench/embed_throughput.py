@@ -13,11 +13,11 @@ import time
 from collections.abc import Callable
 
 import mlx_serve  # noqa: F401  (loads the fast BLAS before MLX)
-from mlx_serve import blas
+from mlx_serve.cpu import blas
 from mlx_serve.engine import load_embedder
-from mlx_serve.runtime import batch_tokens
+from mlx_serve.serving.runtime import batch_tokens
 from mlx_serve.settings import load_settings
-from mlx_serve.store import builtin_model_dir
+from mlx_serve.store.store import builtin_model_dir
 from peer import peer_seconds
 
 WORDS = [

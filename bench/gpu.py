@@ -234,7 +234,7 @@ def bare_qwen3(path: Path, ours: object, quick: bool) -> None:
     from mlx_lm.utils import load_model as mlx_lm_load
 
     from mlx_serve.engine.batching import Seq
-    from mlx_serve.engine.decoder import _classes_for_any_checkpoint
+    from mlx_serve.engine.families.decoder import _classes_for_any_checkpoint
     from mlx_serve.engine.loader import compute_dtype
 
     model, _ = mlx_lm_load(path, get_model_classes=_classes_for_any_checkpoint)
@@ -500,7 +500,9 @@ def qwen3_reranker_peer(path: Path, device: str) -> None:
     from tokenizers import Tokenizer
     from transformers import Qwen3ForCausalLM
 
-    from mlx_serve.engine.reranker import DEFAULT_INSTRUCTION, QWEN3_PREFIX, QWEN3_SUFFIX
+    from mlx_serve.engine.families.qwen3 import DEFAULT_INSTRUCTION
+    from mlx_serve.engine.families.qwen3 import PREFIX as QWEN3_PREFIX
+    from mlx_serve.engine.families.qwen3 import SUFFIX as QWEN3_SUFFIX
 
     tok = Tokenizer.from_file(str(path / "tokenizer.json"))
     model = Qwen3ForCausalLM.from_pretrained(path, torch_dtype=torch.float16).to(device).eval()
@@ -548,7 +550,7 @@ def main() -> None:
     home.mkdir(parents=True, exist_ok=True)
     minilm_files = args.minilm_files
     if minilm_files is None:
-        from mlx_serve.store import builtin_model_dir
+        from mlx_serve.store.store import builtin_model_dir
 
         minilm_files = builtin_model_dir()
     steps = ["build", "engine", "server", "peers"] if args.what == "all" else [args.what]

@@ -23,11 +23,16 @@ import numpy as np
 import pytest
 from falcon import testing
 
-from mlx_serve.http import create_app
+from mlx_serve import cpu
+from mlx_serve.engine.loader import stream_count
+from mlx_serve.http.app import create_app
 from mlx_serve.metrics import Metrics
-from mlx_serve.runtime import Runtime
+from mlx_serve.serving.runtime import Runtime
 from mlx_serve.settings import Settings, load_settings
-from mlx_serve.store import ModelStore, builtin_model_dir
+from mlx_serve.store.store import ModelStore, builtin_model_dir
+
+# Process-wide fast paths, once, as the server sets them at start (cpu/__init__.py).
+cpu.configure(stream_count())
 
 MINILM = "all-MiniLM-L6-v2"
 # Texts that exercise the tokenizer and the encoder's edges, checked against sentence-transformers.
@@ -199,7 +204,8 @@ def build_app(
             store.import_dir(path, name)  # the type is detected from the files
     runtime = Runtime(settings, store, Metrics())
     # A client on this machine, as the Host check expects one (Falcon's default Host is falconframework.org).
-    client = testing.TestClient(create_app(settings, runtime, runtime.metrics), headers={"Host": "localhost:8000"})
+    app = create_app(settings, runtime, runtime.metrics, max_batch_tokens=runtime.scheduler.max_batch_tokens)
+    client = testing.TestClient(app, headers={"Host": "localhost:8000"})
     return App(client, runtime, settings)
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlx_serve.engine.loader import QWEN3_QUERY_TEMPLATE
-from mlx_serve.engine.reranker import DEFAULT_INSTRUCTION
+from mlx_serve.core.intents import RerankIntent
+from mlx_serve.engine.families.qwen3 import DEFAULT_INSTRUCTION
+from mlx_serve.engine.families.qwen3 import QUERY_TEMPLATE as QWEN3_QUERY_TEMPLATE
 
 from . import tiny_models
 from .conftest import MINILM, hold_inference_thread, wait_for
@@ -69,7 +70,7 @@ def test_rerank_sorts_by_score_with_index_and_usage(api, model) -> None:
     assert sorted(r["index"] for r in body["results"]) == list(range(len(DOCS)))
     assert all(set(r) == {"index", "relevance_score"} for r in body["results"])
     # The same scores as the engine gives for each document.
-    direct = runtime.rerank(model, "What is the capital of China?", DOCS).scores
+    direct = runtime.rerank(RerankIntent(model, "What is the capital of China?", DOCS)).scores
     for r in body["results"]:
         assert r["relevance_score"] == pytest.approx(float(direct[r["index"]]), abs=1e-6)
         assert 0.0 <= r["relevance_score"] <= 1.0

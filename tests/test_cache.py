@@ -35,19 +35,19 @@ def embed(app: App, model: str, **extra) -> int:
 
 
 def test_idle_ttl_unloads_with_no_traffic(make) -> None:
-    app = make(cache_ttl_seconds="1")
+    app = make(keep_alive="1")
     assert embed(app, "emb-a") == 200
     finished = time.monotonic()
-    assert app.runtime.loaded() == ["emb-a"]
-    wait_for(lambda: app.runtime.loaded() == [], timeout=4)
+    assert app.runtime.cache.loaded() == ["emb-a"]
+    wait_for(lambda: app.runtime.cache.loaded() == [], timeout=4)
     assert 0.9 <= time.monotonic() - finished <= 3.0  # the deadline, plus the two seconds the plan allows
     assert metric(app.client, 'mlx_serve_cache_evictions_total{reason="ttl",type="embedding"}') == 1
 
 
 def test_keep_alive_in_a_request_sets_the_next_idle_ttl(make) -> None:
-    app = make(cache_ttl_seconds="1800")
+    app = make(keep_alive="1800")
     assert embed(app, "emb-a", keep_alive=0.5) == 200
-    wait_for(lambda: app.runtime.loaded() == [], timeout=3)
+    wait_for(lambda: app.runtime.cache.loaded() == [], timeout=3)
     body = {"model": "rr", "query": "q", "documents": ["d"], "keep_alive": -1}
     assert app.client.simulate_post("/v1/rerank", json=body).status_code == 200
     assert app.client.simulate_get("/api/ps").json["models"][0]["expires_at"] is None
@@ -56,7 +56,7 @@ def test_keep_alive_in_a_request_sets_the_next_idle_ttl(make) -> None:
 def test_regression_a_model_pulled_under_a_loaded_name_mid_request(make, model_dirs) -> None:
     # Storing a model under the built-in's name while a request on the built-in is in flight: the old
     # request's end deleted the new model's slot, and the next request failed with a KeyError (500).
-    app = make(cache_ttl_seconds="-1")
+    app = make(keep_alive="-1")
     assert embed(app, MINILM) == 200
     release = hold_inference_thread(app.runtime)
     with ThreadPoolExecutor(2) as pool:
@@ -90,18 +90,18 @@ def test_preload_from_each_layer(make, home: Path, layer: str) -> None:
         app = make(cli=cli_layer(build_parser().parse_args(["start", "--preload", "emb-a", "--preload", "rr"])))
     assert app.settings.preload_models == ("emb-a", "rr")
     app.runtime.preload(app.settings.preload_models)
-    assert sorted(app.runtime.loaded()) == ["emb-a", "rr"]
+    assert sorted(app.runtime.cache.loaded()) == ["emb-a", "rr"]
 
 
 def test_preloaded_and_pinned_models_never_expire(make) -> None:
-    app = make(cache_ttl_seconds="1", preload_pinned="true")
+    app = make(keep_alive="1", preload_pinned="true")
     app.runtime.preload(["emb-a"])
     (model,) = app.client.simulate_get("/api/ps").json["models"]
     assert model["pinned"] is True and model["expires_at"] is None
 
 
 def test_unload_really_frees_memory(make) -> None:
-    app = make(cache_ttl_seconds="-1")
+    app = make(keep_alive="-1")
     mx.clear_cache()
     before = mx.get_active_memory()
     assert embed(app, MINILM) == 200
@@ -109,19 +109,19 @@ def test_unload_really_frees_memory(make) -> None:
     assert loaded - before > 80 * 2**20  # all-MiniLM-L6-v2 holds about 87 MiB of float32 weights
     unload = app.client.simulate_post("/api/unload", json={"name": MINILM})
     assert unload.json == {"name": MINILM, "status": "unloading"}
-    wait_for(lambda: app.runtime.loaded() == [])
+    wait_for(lambda: app.runtime.cache.loaded() == [])
     wait_for(lambda: mx.get_active_memory() - before < 4 * 2**20)
 
 
 def test_metrics_after_a_scripted_sequence(make) -> None:
-    app = make(cache_max_embedding_models="1", cache_ttl_seconds="-1")
+    app = make(cache_max_embedding_models="1", keep_alive="-1")
     embed(app, "emb-a")  # miss
     embed(app, "emb-a")  # hit
     embed(app, "emb-b")  # miss, emb-a evicted (lru)
     app.client.simulate_post("/v1/rerank", json={"model": "rr", "query": "q", "documents": ["d"]})  # reranker miss
     assert metric(app.client, 'mlx_serve_models_loaded{type="embedding"}') == 1
     app.client.simulate_post("/api/unload", json={"name": "emb-b"})
-    wait_for(lambda: app.runtime.loaded() == ["rr"])
+    wait_for(lambda: app.runtime.cache.loaded() == ["rr"])
     expected = {
         'mlx_serve_cache_hits_total{type="embedding"}': 1,
         'mlx_serve_cache_misses_total{type="embedding"}': 2,
@@ -138,7 +138,7 @@ def test_metrics_after_a_scripted_sequence(make) -> None:
 
 
 def test_unload_and_ps_endpoints(make) -> None:
-    app = make(cache_ttl_seconds="600")
+    app = make(keep_alive="600")
     client = app.client
     assert client.simulate_get("/api/ps").json["models"] == []
     embed(app, "emb-a")
@@ -147,7 +147,7 @@ def test_unload_and_ps_endpoints(make) -> None:
     assert model["size_bytes"] > 0 and model["expires_at"].endswith("Z")
     assert client.simulate_post("/api/unload", json={"name": "emb-b"}).json["status"] == "not_loaded"
     missing = client.simulate_post("/api/unload", json={"name": "nope"})
-    assert missing.status_code == 404 and missing.json["error"]["code"] == "model_not_found"
+    assert missing.status_code == 404 and missing.json["code"] == "model_not_found"
     assert client.simulate_post("/api/unload", json={}).status_code == 400
 
 

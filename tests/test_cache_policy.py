@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from mlx_serve.cache import ModelCache
 from mlx_serve.metrics import Metrics
-from mlx_serve.store import ModelEntry
+from mlx_serve.serving.cache import ModelCache
+from mlx_serve.store.store import ModelEntry
 
 
 class Clock:

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from mlx_serve.store import ModelStore
+from mlx_serve.store.store import ModelStore
 
 from . import tiny_models
 from .conftest import MINILM, ServerProcess, cosine

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from mlx_serve.engine import load_model
-from mlx_serve.engine.loader import QWEN3_QUERY_TEMPLATE
-from mlx_serve.engine.reranker import DEFAULT_INSTRUCTION, QWEN3_PREFIX, QWEN3_SUFFIX
+from mlx_serve.engine.families.qwen3 import DEFAULT_INSTRUCTION
+from mlx_serve.engine.families.qwen3 import PREFIX as QWEN3_PREFIX
+from mlx_serve.engine.families.qwen3 import QUERY_TEMPLATE as QWEN3_QUERY_TEMPLATE
+from mlx_serve.engine.families.qwen3 import SUFFIX as QWEN3_SUFFIX
 
 from . import tiny_models
 
@@ -84,8 +86,8 @@ def test_a_padded_batch_equals_each_text_alone(models, dtype) -> None:
             together = model.embed(TEXTS, 1 << 20).vectors
             alone = np.stack([model.embed([t], 1 << 20).vectors[0] for t in TEXTS])
         else:
-            together = model.rerank("What is the capital of China?", TEXTS, 1 << 20).values
-            alone = np.array([model.rerank("What is the capital of China?", [t], 1 << 20).values[0] for t in TEXTS])
+            together = model.rerank("What is the capital of China?", TEXTS, 1 << 20)
+            alone = np.array([model.rerank("What is the capital of China?", [t], 1 << 20)[0] for t in TEXTS])
         np.testing.assert_allclose(together, alone, atol=1e-5 if dtype == "float32" else 1e-3, err_msg=name)
 
 
@@ -98,7 +100,7 @@ def test_qwen3_reranker_p_yes_matches_transformers(models, name, dtype) -> None:
     path = models[name]
     ours = load_model(name, path, type="reranker", dtype=dtype)
     query = "What is the capital of China?"
-    got = ours.rerank(query, TEXTS, 4096).values
+    got = ours.rerank(query, TEXTS, 4096)
 
     ref_model = Qwen3ForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
     tok = hf_tokenizer(path)
@@ -120,8 +122,8 @@ def test_qwen3_reranker_p_yes_matches_transformers(models, name, dtype) -> None:
 
 def test_qwen3_reranker_instruction_changes_scores(models) -> None:
     ours = load_model("r", models["qwen3-reranker"], type="reranker")
-    default = ours.rerank("q", TEXTS, 4096).values
-    custom = ours.rerank("q", TEXTS, 4096, instruction="Find recipes").values
+    default = ours.rerank("q", TEXTS, 4096)
+    custom = ours.rerank("q", TEXTS, 4096, instruction="Find recipes")
     assert not np.allclose(default, custom)
 
 
@@ -133,7 +135,7 @@ def test_cross_encoder_matches_bert_for_sequence_classification(models, dtype) -
     path = models["cross-encoder"]
     ours = load_model("ce", path, type="reranker", dtype=dtype)
     query = "What is the capital of China?"
-    got = ours.rerank(query, TEXTS, 4096).values
+    got = ours.rerank(query, TEXTS, 4096)
 
     ref = BertForSequenceClassification.from_pretrained(path).eval()
     tok = hf_tokenizer(path)
@@ -147,11 +149,11 @@ def test_cross_encoder_matches_bert_for_sequence_classification(models, dtype) -
 
 
 def test_truncation_off_names_the_input_and_its_length(models) -> None:
-    from mlx_serve.engine import InputError
+    from mlx_serve.core.errors import InvalidInput
 
     model = load_model("e", models["qwen3-embedding"], type="embedding")
     long_text = "gravity " * 400
     assert model.embed(["short", long_text], 4096).token_counts[1] == model.max_length
-    with pytest.raises(InputError) as err:
+    with pytest.raises(InvalidInput) as err:
         model.embed(["short", long_text], 4096, truncate=False)
     assert err.value.index == 1 and "input[1]" in str(err.value) and str(model.max_length) in str(err.value)

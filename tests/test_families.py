@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlx_serve.pull import pull
-from mlx_serve.store import ModelStore, StoreError
+from mlx_serve.engine.verify import prepare
+from mlx_serve.store.pull import pull
+from mlx_serve.store.store import ModelStore, StoreError
 
 from . import tiny_models
 from .conftest import App, build_app, cosine
@@ -49,7 +50,7 @@ def app(module_home: Path, folders: dict[str, Path]) -> Iterator[App]:
     with pytest.MonkeyPatch.context() as mp:
         store = ModelStore(module_home / ".mlx-serve" / "models")
         for name, folder in folders.items():
-            pull(store, str(folder), name=name)  # as `mlx-serve pull FOLDER --name NAME` does
+            pull(store, str(folder), prepare=prepare, name=name)  # as `mlx-serve pull FOLDER --name NAME` does
         app = build_app(mp)
         yield app
         app.runtime.close()
@@ -175,7 +176,7 @@ def test_an_unsupported_architecture_is_refused_at_pull_in_one_sentence(tmp_path
     FunnelModel(config).save_pretrained(folder, safe_serialization=True)
     store = ModelStore(tmp_path / "store")
     with pytest.raises(StoreError) as err:
-        pull(store, str(folder))
+        pull(store, str(folder), prepare=prepare)
     message = str(err.value)
     assert "FunnelModel" in message and "XLM-RoBERTa" in message and "EmbeddingGemma" in message
     assert "\n" not in message and "Traceback" not in message
@@ -193,4 +194,4 @@ def test_a_causal_gemma3_is_not_served_as_an_embedding_model(tmp_path: Path, fol
     config["use_bidirectional_attention"] = False
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(StoreError, match="causal Gemma3"):
-        pull(ModelStore(tmp_path / "store"), str(folder))
+        pull(ModelStore(tmp_path / "store"), str(folder), prepare=prepare)

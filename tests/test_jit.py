@@ -18,11 +18,12 @@ from .conftest import MINILM_TEXTS, cosine
 # Embeds MINILM_TEXTS with the packaged MiniLM and reports what the JIT set-up did.
 CHILD = """
 import json, os, shutil, sys
-from mlx_serve import jit
+from mlx_serve import cpu
 from mlx_serve.engine import load_embedder
-from mlx_serve.store import builtin_model_dir
+from mlx_serve.engine.loader import stream_count
+from mlx_serve.store.store import builtin_model_dir
+status = cpu.configure(stream_count())  # as the server does, once at start
 vectors = load_embedder("m", builtin_model_dir()).embed(json.loads(sys.argv[1]), 4096).vectors
-status = jit.enable()
 print(json.dumps({"native": status.native, "reason": status.reason, "gxx": shutil.which("g++"),
                   "tmpdir": os.environ.get("TMPDIR"), "vectors": vectors.tolist()}))
 """

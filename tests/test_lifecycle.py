@@ -16,8 +16,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mlx_serve import lifecycle
-from mlx_serve.lifecycle import PidRecord, pid_file
+from mlx_serve.process import lifecycle
+from mlx_serve.process.lifecycle import PidRecord, pid_file
 
 from .conftest import MINILM, free_port, run_cli
 
@@ -267,7 +267,7 @@ def test_ps_and_unload_find_the_only_running_server_without_a_port(home: Path, c
 
 
 def test_show_of_the_built_in_model_says_it_was_never_pulled(home: Path) -> None:
-    from mlx_serve.store import builtin_model_dir
+    from mlx_serve.store.store import builtin_model_dir
 
     shown = json.loads(cli(home, "show", MINILM, "--json").stdout)
     assert shown["pulled_at"] is None

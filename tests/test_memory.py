@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from mlx_serve.memory import parse_size
+from mlx_serve.serving.memory import parse_size
 from mlx_serve.settings import SettingsError, load_settings
 
 from .conftest import MINILM, wait_for
@@ -45,12 +45,12 @@ def test_the_server_applies_its_limits(start_server) -> None:
     assert 'mlx_serve_mlx_limit_bytes{kind="cache"} 6.7108864e+07' in text
     assert 'mlx_serve_mlx_limit_bytes{kind="memory"} 8.589934592e+09' in text
     with urllib.request.urlopen(f"{server.url}/health", timeout=10) as resp:
-        assert set(json.load(resp)["memory"]) == {"active_bytes", "cache_bytes", "peak_bytes"}
+        assert set(json.load(resp)["memory"]) == {"active_bytes", "cache_bytes", "peak_bytes", "inflight_bytes"}
     assert server.stop() == 0
 
 
 def test_metal_keeps_the_loaded_weights_wired_and_other_devices_nothing() -> None:
-    from mlx_serve.memory import set_wired, wired_target
+    from mlx_serve.serving.memory import set_wired, wired_target
 
     mac = {"max_recommended_working_set_size": 10 * 2**30, "memory_size": 16 * 2**30}  # a 16 GB Mac
     assert wired_target(None, 600 * 2**20, mac) == 600 * 2**20  # auto: the weights

@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mlx_serve.core.intents import EmbedIntent
 from mlx_serve.metrics import Metrics
-from mlx_serve.runtime import Runtime
+from mlx_serve.serving.runtime import Runtime
 from mlx_serve.settings import load_settings
-from mlx_serve.store import ModelStore
+from mlx_serve.store.store import ModelStore
 
 from . import tiny_models
 from .conftest import MINILM, App, hold_inference_thread, run_cli
@@ -83,7 +84,7 @@ def test_hub_and_directory_pulls_serve_the_same_vectors(home: Path, hub: FakeHub
     settings = load_settings().settings
     runtime = Runtime(settings, ModelStore(settings.models_dir), Metrics())
     try:
-        a, b = (runtime.embed(n, ["same text"]).embeddings.vectors for n in ("from-hub", "from-dir"))
+        a, b = (runtime.embed(EmbedIntent(n, ["same text"])).dense for n in ("from-hub", "from-dir"))
         np.testing.assert_allclose(a, b, atol=1e-6)
     finally:
         runtime.close()
@@ -113,8 +114,9 @@ def test_a_failed_download_leaves_nothing_and_a_retry_succeeds(home: Path, hub: 
 MOVE_CHECK = """
 import json, sys
 from pathlib import Path
-from mlx_serve.pull import pull
-from mlx_serve.store import ModelStore
+from mlx_serve.engine.verify import prepare
+from mlx_serve.store.pull import pull
+from mlx_serve.store.store import ModelStore
 
 store = ModelStore(Path(sys.argv[1]))
 downloaded = []
@@ -124,7 +126,7 @@ def report(progress):
         (folder,) = store.root.glob(".download~*")
         downloaded.append([folder.stat().st_ino, (folder / "tokenizer.json").stat().st_ino])
 
-entry, _ = pull(store, "acme/Tiny-Embedding", report=report)
+entry, _ = pull(store, "acme/Tiny-Embedding", prepare=prepare, report=report)
 stored = [entry.path.stat().st_ino, (entry.path / "tokenizer.json").stat().st_ino]
 print(json.dumps({"downloaded": downloaded, "stored": stored}))
 """
@@ -181,7 +183,7 @@ def test_quantized_pull(home: Path, hub: FakeHub) -> None:
     settings = load_settings().settings
     runtime = Runtime(settings, ModelStore(settings.models_dir), Metrics())
     try:
-        q, f = (runtime.embed(n, ["quantized text"]).embeddings.vectors[0] for n in ("q8", "full"))
+        q, f = (runtime.embed(EmbedIntent(n, ["quantized text"])).dense[0] for n in ("q8", "full"))
         assert float(q @ f) > 0.99
     finally:
         runtime.close()
@@ -287,11 +289,11 @@ def test_api_delete_waits_for_a_running_request(app) -> None:
     delete.join(timeout=30)
     assert running["r"].status_code == 200
     assert deleting["r"].json == {"status": "success", "name": "emb"}
-    assert not (runtime.store.root / "emb").exists() and runtime.loaded() == []
+    assert not (runtime.store.root / "emb").exists() and runtime.cache.loaded() == []
     assert client.simulate_post("/v1/embeddings", json={"model": "emb", "input": "x"}).status_code == 404
     assert client.simulate_delete("/api/delete", json={"name": "emb"}).status_code == 404
     builtin = client.simulate_delete("/api/delete", json={"name": MINILM})
-    assert builtin.status_code == 400 and "built in" in builtin.json["error"]["message"]
+    assert builtin.status_code == 400 and "built in" in builtin.json["error"]
 
 
 @pytest.mark.process
@@ -331,7 +333,7 @@ def test_a_type_the_model_cannot_serve_is_refused_at_pull(home: Path, tmp_path: 
     """A plain BertModel as a reranker would answer cosines where rerankers answer probabilities."""
     import shutil as sh
 
-    from mlx_serve.store import builtin_model_dir
+    from mlx_serve.store.store import builtin_model_dir
 
     plain = tmp_path / "plain-bert"
     sh.copytree(builtin_model_dir(), plain)  # BertModel: no classification head

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from mlx_serve.pull import pull
-from mlx_serve.store import InvalidNameError, ModelStore, StoreError, validate_name
+from mlx_serve.engine.verify import prepare
+from mlx_serve.store.pull import pull
+from mlx_serve.store.store import InvalidNameError, ModelStore, StoreError, validate_name
 
 from .conftest import MINILM
 
@@ -74,7 +75,7 @@ def test_a_planted_lock_link_is_refused_and_its_target_untouched(store, folder: 
     (store.root / ".locks").mkdir(parents=True)
     (store.root / ".locks" / "planted.lock").symlink_to(victim)
     with pytest.raises(StoreError, match="is a link: refused"):
-        pull(store, str(folder), name="planted")
+        pull(store, str(folder), prepare=prepare, name="planted")
     assert victim.read_text() == "precious"
 
 
@@ -89,7 +90,7 @@ def test_not_enough_disk_space_is_refused_before_copying(store, folder: Path) ->
 def test_cleanup_touches_only_its_own_names_staging(store, folder: Path) -> None:
     mine = store.scratch("pull", "race-a-b")  # a pull of race-a-b in progress (it holds its lock)...
     with store.lock("race-a-b"):
-        pull(store, str(folder), name="race-a")  # ...is not disturbed by a pull of race-a
+        pull(store, str(folder), prepare=prepare, name="race-a")  # ...is not disturbed by a pull of race-a
         assert mine.exists()
         assert store.clean_leftovers() == []  # nor by a general cleanup while its lock is held
     assert store.clean_leftovers() == [mine]  # a leftover once nobody holds the lock
@@ -100,8 +101,8 @@ def test_a_killed_pulls_staging_is_removed_by_a_later_pull_of_any_name(store, fo
     code = f"""
 import time
 from pathlib import Path
-from mlx_serve.pull import pull
-from mlx_serve.store import ModelStore
+from mlx_serve.store.pull import pull
+from mlx_serve.store.store import ModelStore
 store = ModelStore(Path({str(store.root)!r}))
 with store.lock("victim"):
     store.scratch("pull", "victim")
@@ -113,7 +114,7 @@ with store.lock("victim"):
     child.kill()  # as a pull killed mid-copy
     child.wait()
     assert [p.name.split("~")[1] for p in store.root.glob(".pull~*")] == ["victim"]
-    pull(store, str(folder), name="another")
+    pull(store, str(folder), prepare=prepare, name="another")
     assert not list(store.root.glob(".pull~*"))
 
 
@@ -127,10 +128,10 @@ def test_api_pull_errors_reach_the_client_as_one_sentence(make_app, folder: Path
     (folder / "shadow.json").symlink_to("/etc/shadow")
     client = make_app().client
     once = client.simulate_post("/api/pull", json={"model": str(folder), "stream": False})
-    assert once.status_code == 400 and once.json["error"]["code"] == "pull_failed"
-    assert once.json["error"]["message"] == "shadow.json is a link to /etc/shadow, outside the model folder: refused"
+    assert once.status_code == 400 and once.json["code"] == "pull_failed"
+    assert once.json["error"] == "shadow.json is a link to /etc/shadow, outside the model folder: refused"
     streamed = client.simulate_post("/api/pull", json={"model": str(folder)})
-    assert json.loads(streamed.text.splitlines()[-1]) == {"error": once.json["error"]["message"]}
+    assert json.loads(streamed.text.splitlines()[-1]) == {"error": once.json["error"]}
 
 
 @pytest.mark.parametrize("source", ["--help", "-h", "--name=../../x"])
@@ -138,7 +139,7 @@ def test_a_source_is_never_read_as_an_option(make_app, source: str) -> None:
     client = make_app().client
     answer = client.simulate_post("/api/pull", json={"model": source, "stream": False})
     assert answer.status_code == 400
-    assert "neither a model directory nor a Hugging Face repo id" in answer.json["error"]["message"]
+    assert "neither a model directory nor a Hugging Face repo id" in answer.json["error"]
     assert "usage" not in answer.text
 
 
@@ -156,7 +157,7 @@ def test_a_pull_that_outlives_its_timeout_is_stopped(make_app, folder: Path, mon
     started = time.monotonic()
     answer = client.simulate_post("/api/pull", json={"model": "acme/slow", "stream": False})
     assert answer.status_code == 400
-    assert "stopped after 3 s" in answer.json["error"]["message"]
+    assert "stopped after 3 s" in answer.json["error"]
     assert time.monotonic() - started < 20
     silent.close()
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from mlx_serve.store import ModelStore
+from mlx_serve.store.store import ModelStore
 
 from . import tiny_models
 from .conftest import ServerProcess, clean_env

@@ -9,9 +9,11 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
+from mlx_serve.core.errors import OutOfMemory as DeviceOutOfMemory
+from mlx_serve.core.errors import Overloaded
 from mlx_serve.engine.batching import OutOfMemory
 from mlx_serve.metrics import Metrics
-from mlx_serve.scheduler import InputsTooLarge, Job, QueueFull, Scheduler
+from mlx_serve.serving.scheduler import Job, Scheduler
 
 
 class Doubler:
@@ -52,7 +54,7 @@ def test_regression_control_jobs_never_count_against_the_request_limit(scheduler
     release = hold(scheduler)
     unloads = [scheduler.control(lambda: "unloaded") for _ in range(50)]  # housekeeping piles up...
     queued = scheduler.submit(job(["ab"]))  # ...and a request is still taken in
-    with pytest.raises(QueueFull):
+    with pytest.raises(Overloaded):
         scheduler.submit(job(["c"]))  # the request limit (1) itself still holds
     assert scheduler.queued() == (1, 50)
     release.set()
@@ -103,6 +105,6 @@ def test_an_input_too_large_for_the_device_fails_its_own_request_only(scheduler)
     huge = scheduler.submit(Job("m", tight, tight, ["ok", "far too long"]))
     release.set()
     assert rows(fine) == [2.0, 1.0]
-    with pytest.raises(InputsTooLarge) as error:
+    with pytest.raises(DeviceOutOfMemory) as error:
         huge.result(5)
-    assert error.value.indices == [1]
+    assert error.value.index == 1

@@ -114,7 +114,7 @@ def test_ready_is_503_while_draining_and_requests_are_still_served(start_server)
 
 def test_ready_is_503_while_preloading_and_health_answers(make_app) -> None:
     from mlx_serve.http.app import create_app
-    from mlx_serve.readiness import Readiness
+    from mlx_serve.serving.readiness import Readiness
 
     app = make_app()
     readiness = Readiness("preloading")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from mlx_serve import service as service_module
+from mlx_serve.process import service_manager as service_module
 
 from .conftest import free_port, run_cli
 

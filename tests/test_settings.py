@@ -24,7 +24,7 @@ def test_defaults_with_an_empty_home(home: Path) -> None:
     s = loaded.settings
     assert (s.host, s.port) == ("127.0.0.1", 8000)
     assert s.models_dir == home / ".mlx-serve" / "models"
-    assert (s.cache_max_embedding_models, s.cache_max_reranker_models, s.cache_ttl_seconds) == (3, 2, 1800)
+    assert (s.cache_max_embedding_models, s.cache_max_reranker_models, s.keep_alive) == (3, 2, 1800)
     assert s.preload_models == ()
     assert (s.service.auto_start, s.service.restart_on_failure, s.service.restart_delay) == (False, True, 5)
     assert s.graceful_timeout == 30
@@ -35,7 +35,7 @@ def test_each_layer_overrides_the_one_below(home: Path, monkeypatch: pytest.Monk
     config = write_config(
         home,
         "port: 9001\nhost: 0.0.0.0\nlog_level: WARNING\nservice:\n  restart_delay: 7\n"
-        "preload_models: [from-yaml]\ncache_ttl_seconds: -1\n",
+        "preload_models: [from-yaml]\nkeep_alive: -1\n",
     )
     monkeypatch.setenv("MLX_SERVE_HOST", "127.0.0.2")
     monkeypatch.setenv("MLX_SERVE_SERVICE__AUTO_START", "true")
@@ -51,7 +51,7 @@ def test_each_layer_overrides_the_one_below(home: Path, monkeypatch: pytest.Monk
     assert s.service.restart_on_failure is True and loaded.origins["service.restart_on_failure"] == "defaults"
     # Lists are replaced by the higher layer, not appended to.
     assert s.preload_models == ("a", "b")
-    assert s.cache_ttl_seconds == -1
+    assert s.keep_alive == -1
 
 
 def test_cli_list_replaces_the_environment_list(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -117,12 +117,12 @@ def test_unreadable_config_yaml_names_the_file(home: Path) -> None:
 
 @pytest.mark.process
 def test_config_json_maps_each_key_to_value_and_origin(home: Path) -> None:
-    config = write_config(home, "cache_ttl_seconds: 60\n")
+    config = write_config(home, "keep_alive: 60\n")
     out = run_cli(home, "config", "--json", env={"MLX_SERVE_PORT": "8123"})
     assert out.returncode == 0, out.stderr
     tree = json.loads(out.stdout)
     assert tree["port"] == {"value": 8123, "origin": "env MLX_SERVE_PORT"}
-    assert tree["cache_ttl_seconds"] == {"value": 60, "origin": str(config)}
+    assert tree["keep_alive"] == {"value": 60, "origin": str(config)}
     assert tree["host"] == {"value": "127.0.0.1", "origin": "defaults"}
     assert tree["service.restart_delay"] == {"value": 5, "origin": "defaults"}
 
@@ -189,3 +189,24 @@ def test_dict_settings_from_the_environment(home: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("MLX_SERVE_MODEL_ALIASES", "{mini: oops")
     with pytest.raises(SettingsError, match="JSON object"):
         load_settings()
+
+
+def test_keep_alive_takes_durations_and_its_old_name_with_a_warning(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One keep-alive, parsed one way for the setting and for a request: "10m" works in both."""
+    write_config(home, 'keep_alive: "1h30m"\n')
+    loaded = load_settings()
+    assert loaded.settings.keep_alive == 5400 and loaded.warnings == ()
+    write_config(home, "cache_ttl_seconds: 120\n")  # the old name, in config.yaml
+    loaded = load_settings()
+    assert loaded.settings.keep_alive == 120
+    (warning,) = loaded.warnings
+    assert "cache_ttl_seconds is now called keep_alive" in warning and "config.yaml" in warning
+    monkeypatch.setenv("MLX_SERVE_CACHE_TTL_SECONDS", "-5")  # and in the environment, a higher layer
+    loaded = load_settings()
+    assert loaded.settings.keep_alive == -1 and loaded.origins["keep_alive"] == "env MLX_SERVE_CACHE_TTL_SECONDS"
+    monkeypatch.setenv("MLX_SERVE_KEEP_ALIVE", "10m")  # the new name in the same layer wins
+    assert load_settings().settings.keep_alive == 600
+    with pytest.raises(SettingsError, match="keep_alive"):
+        load_settings(cli={"keep_alive": "5x"})

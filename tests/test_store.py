@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlx_serve.store import InvalidNameError, ModelStore, StoreError, validate_name
+from mlx_serve.store.store import InvalidNameError, ModelStore, StoreError, validate_name
 
 from .conftest import run_cli
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from mlx_serve.memory import MemoryCollector
+from mlx_serve.serving.memory import MemoryCollector
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -74,6 +74,13 @@ class Metrics:
             "mlx_serve_connections_closed",
             "Connections the server closed on a client, by reason (send_timeout: it did not take its answer)",
             ["reason"],
+            registry=r,
+        )
+        self.numerical_overflows = Counter(
+            "mlx_serve_numerical_overflows",
+            "Outputs that came out NaN or infinite, by model and outcome (recomputed: served from a float32 run; "
+            "failed: refused with numerical_overflow)",
+            ["model", "outcome"],
             registry=r,
         )
         self.memory = MemoryCollector()  # read at scrape time; the server gives it the limits it set

@@ -17,7 +17,8 @@ from typing import Any, Literal
 from dynaconf import Dynaconf, get_history
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from mlx_serve.memory import parse_size
+from mlx_serve.core.keep_alive import KeepAlive
+from mlx_serve.serving.memory import parse_size
 
 DEFAULTS_FILE = Path(__file__).with_name("settings.toml")
 ENV_PREFIX = "MLX_SERVE"
@@ -74,7 +75,8 @@ class Settings(BaseModel):
     log_max_bytes: int = Field(ge=1024)
     cache_max_embedding_models: int = Field(ge=1)
     cache_max_reranker_models: int = Field(ge=1)
-    cache_ttl_seconds: int
+    cache_max_classifier_models: int = Field(ge=1)
+    keep_alive: KeepAlive
     preload_models: tuple[str, ...]
     preload_pinned: bool
     graceful_timeout: int = Field(ge=0)
@@ -96,8 +98,18 @@ class Settings(BaseModel):
     pull_timeout: float = Field(gt=0)
     model_instructions: dict[str, str]
     model_aliases: dict[str, str]
+    default_embedding_model: str
+    default_reranker: str
+    default_classifier: str
     service: ServiceSettings
     cluster: ClusterSettings
+
+    @field_validator("keep_alive", mode="after")
+    @classmethod
+    def _given(cls, value: float | None) -> float:
+        if value is None:
+            raise ValueError('must be a number of seconds or a duration such as "30m"')
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -183,11 +195,15 @@ class LoadedSettings:
     values: dict[str, Any]  # dotted key -> effective value as configured
     # dotted key -> (value, layer) of each setting left out as invalid (only in SettingsError.fallback)
     invalid: dict[str, tuple[Any, str]] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()  # settings set under an old name
 
 
 def env_var(key: str) -> str:
     return f"{ENV_PREFIX}_{key.upper().replace('.', '__')}"
 
+
+# Old names that still work for a release, with a warning naming the new one.
+RENAMED = {"cache_ttl_seconds": "keep_alive"}
 
 # Dict settings may also come one entry per variable, the entry's name as written (names are case-sensitive):
 # MLX_SERVE_MODEL_ALIASES__mini=all-MiniLM-L6-v2.
@@ -230,6 +246,8 @@ def load_settings(
             values[key], origins[key] = found
             _assign(raw, key, values[key])
     _dict_entries_from_env(raw, values, origins)
+    warnings = _renamed(dyn, raw, values, origins, config_file if use_file else None)
+    unknown = [k for k in unknown if k not in RENAMED]
     problems = [f"settings: unknown key {k!r} in {config_file}" for k in unknown]
     try:
         settings = Settings.model_validate(raw)
@@ -237,10 +255,38 @@ def load_settings(
         problems.append(_describe(exc, values, origins))
         bad = {".".join(str(p) for p in err["loc"] if not isinstance(p, int)) for err in exc.errors()}
         raise SettingsError("\n".join(problems), _fallback(raw, values, origins, bad)) from None
-    loaded = LoadedSettings(settings, origins, values)
+    loaded = LoadedSettings(settings, origins, values, warnings=tuple(warnings))
     if problems:
         raise SettingsError("\n".join(problems), loaded)
     return loaded
+
+
+def _renamed(
+    dyn: Dynaconf, raw: dict[str, Any], values: dict[str, Any], origins: dict[str, str], config_file: Path | None
+) -> list[str]:
+    """Settings set under an old name (config.yaml or MLX_SERVE_<OLD>) count, unless the new name is set in
+    a layer as high; each gives a warning naming the new name."""
+    warnings = []
+    for old, new in RENAMED.items():
+        found: tuple[Any, str] | None = None
+        if (value := os.environ.get(env_var(old))) is not None:
+            found = (value, f"env {env_var(old)}")
+        elif config_file is not None and dyn.get(old.upper()) is not None:
+            found = (dyn.get(old.upper()), str(config_file))
+        if found is None:
+            continue
+        warnings.append(f"settings: {old} is now called {new} ({found[1]}); the old name works for this release")
+        if _rank(origins.get(new, "defaults")) < _rank(found[1]):
+            raw[new] = values[new] = found[0]
+            origins[new] = found[1]
+    return warnings
+
+
+def _rank(origin: str) -> int:
+    """A layer's height: the defaults, then config.yaml, the environment, the command line."""
+    if origin == "defaults":
+        return 0
+    return 3 if origin == "cli" else 2 if origin.startswith("env") else 1
 
 
 def _dict_entries_from_env(raw: dict[str, Any], values: dict[str, Any], origins: dict[str, str]) -> None:

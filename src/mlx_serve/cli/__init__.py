@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from mlx_serve.cli.parser import build_parser, cli_layer
-from mlx_serve.lifecycle import EXIT_SETTINGS
+from mlx_serve.process.lifecycle import EXIT_SETTINGS
 from mlx_serve.settings import SettingsError, load_settings
 
 EXIT_CONFIG = 2

@@ -7,15 +7,20 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from mlx_serve.process.lifecycle import DIRECT
+
 
 class ClientError(Exception):
     """The server refused (its own error message), or could not be reached."""
 
 
 class ServerClient:
-    def __init__(self, url: str, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, timeout: float = 30.0, api_key: str | None = None) -> None:
         self.url = url
         self.timeout = timeout
+        self.headers = {"Content-Type": "application/json"}
+        if api_key:  # the key the settings give, as any client sends it
+            self.headers["Authorization"] = f"Bearer {api_key}"
 
     def get(self, path: str) -> Any:
         return self._call("GET", path, None)
@@ -28,11 +33,9 @@ class ServerClient:
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None, timeout: float | None = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(
-            f"{self.url}{path}", data=data, method=method, headers={"Content-Type": "application/json"}
-        )
+        request = urllib.request.Request(f"{self.url}{path}", data=data, method=method, headers=self.headers)
         try:
-            with urllib.request.urlopen(request, timeout=timeout or self.timeout) as resp:
+            with DIRECT.open(request, timeout=timeout or self.timeout) as resp:
                 return json.load(resp)
         except urllib.error.HTTPError as exc:
             raise ClientError(_message(exc)) from None
@@ -41,8 +44,10 @@ class ServerClient:
 
 
 def _message(exc: urllib.error.HTTPError) -> str:
-    """The server's own sentence from an OpenAI-shaped error body, else the HTTP status."""
+    """The server's own sentence from its error body (Ollama's `{"error": text}` on /api/, OpenAI's
+    `{"error": {"message"}}` elsewhere), else the HTTP status."""
     try:
-        return str(json.load(exc)["error"]["message"])
+        error = json.load(exc)["error"]
+        return str(error["message"] if isinstance(error, dict) else error)
     except (ValueError, KeyError, TypeError):
         return f"HTTP {exc.code} {exc.reason}"

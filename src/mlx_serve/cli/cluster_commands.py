@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mlx_serve import cluster
+from mlx_serve.process import cluster
 from mlx_serve.settings import LoadedSettings
 
 

@@ -9,11 +9,11 @@ import signal
 import sys
 from functools import partial
 
-from mlx_serve import lifecycle
 from mlx_serve.cli.client import ClientError, ServerClient
 from mlx_serve.cli.table import print_table
+from mlx_serve.process import lifecycle
 from mlx_serve.settings import LoadedSettings, Settings, home_dir
-from mlx_serve.store import ModelStore, StoreError
+from mlx_serve.store.store import ModelStore, StoreError
 
 
 def _store(settings: Settings) -> ModelStore:
@@ -37,7 +37,7 @@ def _running_server(settings: Settings, timeout: float = 30.0, port_given: bool 
             ports = ", ".join(str(i.port) for i in running)
             raise ClientError(f"servers run on ports {ports}: name one with --port")
         inst = running[0] if running else inst
-    return ServerClient(inst.url, timeout) if inst.state == "running" else None
+    return ServerClient(inst.url, timeout, settings.resolved_api_key()) if inst.state == "running" else None
 
 
 def _server_for(args: argparse.Namespace, settings: Settings) -> ServerClient:
@@ -49,8 +49,9 @@ def _server_for(args: argparse.Namespace, settings: Settings) -> ServerClient:
 
 
 def cmd_pull(args: argparse.Namespace, loaded: LoadedSettings) -> int:
-    from mlx_serve.pull import pull
-    from mlx_serve.pull_progress import LineWriter
+    from mlx_serve.engine.verify import prepare
+    from mlx_serve.store.progress import LineWriter
+    from mlx_serve.store.pull import pull
 
     # `--progress json`: NDJSON lines on standard output (what /api/pull relays), errors included.
     writer = LineWriter(sys.stdout.buffer) if args.progress == "json" else None
@@ -75,6 +76,7 @@ def cmd_pull(args: argparse.Namespace, loaded: LoadedSettings) -> int:
             report=writer.progress if writer else None,
             show_bars=sys.stderr.isatty() and writer is None,
             replace=args.replace,
+            prepare=prepare,
         )
     except StoreError as exc:
         message, code = str(exc), 1

@@ -73,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     pull = sub.add_parser("pull", help="pull a model from the Hugging Face Hub or a local directory")
     pull.add_argument("source", help="a hub repo id (Qwen/Qwen3-Embedding-0.6B) or a model directory")
     pull.add_argument("--name", help="name in the store (default: the repo's or directory's last part)")
-    pull.add_argument("--type", choices=["embedding", "reranker"], help="default: detected from the files")
+    pull.add_argument(
+        "--type", choices=["embedding", "reranker", "classifier"], help="default: detected from the files"
+    )
     pull.add_argument("--quantize", type=int, choices=[4, 8], help="quantize a decoder model's weights")
     pull.add_argument("--progress", choices=["bar", "json"], default="bar", help="json: NDJSON progress lines")
     pull.add_argument(

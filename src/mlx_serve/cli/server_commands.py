@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlx_serve import lifecycle
+from mlx_serve.process import lifecycle
 from mlx_serve.settings import LoadedSettings, Settings, effective_values, home_dir
 
 STATUS_EXIT = {"running": 0, "stale": 1, "stopped": 3}  # LSB init-script codes
@@ -63,7 +63,7 @@ def cmd_start(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     if refused is not None:
         return refused
     if args.foreground:
-        from mlx_serve.server import serve
+        from mlx_serve.process.server import serve
 
         serve(settings, home)
         return 0
@@ -113,7 +113,7 @@ def _stop_one(port: int, settings: Settings, home: Path, force: bool, now: bool)
     record = inst.record
     assert record is not None
     if record.manager:
-        from mlx_serve import service
+        from mlx_serve.process import service_manager as service
 
         return service.stop_managed(record.manager, settings, port, Path.home(), home, force=force)
     wait = settings.graceful_timeout + 5
@@ -199,7 +199,7 @@ def _duration(seconds: float) -> str:
 
 
 def cmd_service(args: argparse.Namespace, loaded: LoadedSettings) -> int:
-    from mlx_serve import service
+    from mlx_serve.process import service_manager as service
 
     try:
         here = service.detect_platform()

@@ -1,4 +1,6 @@
-"""An embedding model: tokenizer + encoder or decoder stack + pooling, run through the batch runner."""
+"""An embedding model: tokenizer + encoder or decoder stack + pooling (+ Dense modules), run through the batch
+runner. The runner gives pooled vectors before normalisation: the runtime normalises on the host after a
+Matryoshka cut, or not at all when a client asks for raw vectors (TEI's `normalize: false`)."""
 
 from __future__ import annotations
 
@@ -9,10 +11,12 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from mlx_serve.core.errors import InvalidRequest
+from mlx_serve.core.types import Input, Truncation
 from mlx_serve.engine.batching import BatchRunner, Seq
-from mlx_serve.engine.pooling import l2_normalize, pool
+from mlx_serve.engine.pooling import pool
 from mlx_serve.engine.st_layout import Layout, prompt_for
-from mlx_serve.engine.tokenizer import Input, TextTokenizer, Truncation
+from mlx_serve.engine.tokenizer import TextTokenizer
 
 # (ids, mask, padded) -> hidden states (B, L, D)
 Forward = Callable[[mx.array, mx.array, bool], mx.array]
@@ -60,7 +64,6 @@ class Embedder:
         streams: Sequence[mx.Stream] = (),
         query_template: str | None = None,
         default_instruction: str | None = None,
-        architecture: str = "",
     ) -> None:
         self.name = name
         self.forward = forward
@@ -70,8 +73,7 @@ class Embedder:
         self.dimensions = layout.dimensions(hidden_size)
         self.query_template = query_template
         self.default_instruction = default_instruction
-        self.architecture = architecture
-        self._arrays = arrays
+        self.arrays = arrays
         self.runner = BatchRunner(self._head, pad_id, "right", streams)
 
     @property
@@ -87,20 +89,22 @@ class Embedder:
         return self.runner.streams
 
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in self._arrays()) + sum(d.weight_t.nbytes for d in self.dense)
+        return sum(a.nbytes for a in self.arrays()) + sum(d.weight_t.nbytes for d in self.dense)
 
     def _head(self, ids: mx.array, type_ids: mx.array, mask: mx.array, padded: bool) -> mx.array:
         out = pool(self.forward(ids, mask, padded), mask, self.layout.pooling)  # type: ignore[arg-type]
         for dense in self.dense:
             out = dense(out)
-        return l2_normalize(out) if self.layout.normalize else out
+        return out
 
     def apply_instruction(self, inputs: Sequence[Input], instruction: str | None) -> list[Input]:
         """Texts as the model card wants queries written, e.g. Qwen3's `Instruct: {task}\\nQuery:{text}`."""
         if not instruction:
             return list(inputs)
         if self.query_template is None:
-            raise ValueError(f"the model {self.name} takes no instruction")
+            raise InvalidRequest(
+                f"the model {self.name} takes no instruction", code="invalid_instruction", param="instruction"
+            )
         return [
             self.query_template.format(instruction=instruction, text=x) if isinstance(x, str) else x for x in inputs
         ]
@@ -142,13 +146,19 @@ class Embedder:
         input_type: str | None = None,
         prompt_name: str | None = None,
     ) -> Embeddings:
+        """The vectors as sentence-transformers gives them (for tests and benchmarks, outside the scheduler)."""
         seqs = self.tokenize(inputs, instruction, truncate, input_type, prompt_name)
-        return Embeddings(self.run(seqs, max_batch_tokens), [len(s) for s in seqs])
+        rows = self.run(seqs, max_batch_tokens)
+        return Embeddings(normalized(rows) if self.normalize else rows, [len(s) for s in seqs])
+
+
+def normalized(vectors: np.ndarray) -> np.ndarray:
+    """L2 normalisation in float32, with torch.nn.functional.normalize's epsilon (sentence-transformers')."""
+    vectors = vectors.astype(np.float32, copy=False)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), np.float32(1e-12))
 
 
 def truncate_dimensions(vectors: np.ndarray, dimensions: int, normalize: bool) -> np.ndarray:
     """Matryoshka truncation: the first `dimensions` values, renormalised if the model normalises."""
     out = np.ascontiguousarray(vectors[:, :dimensions])
-    if normalize:
-        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-    return out
+    return normalized(out) if normalize else out

@@ -1,48 +1,40 @@
-"""Rerankers: score (query, document) pairs. Three kinds:
+"""Rerankers: score (query, document) pairs. Every head gives a raw score, the log-odds of relevance; the
+score is its sigmoid, computed on the host:
 
-- cross-encoders (BERT, XLM-RoBERTa, MPNet `*ForSequenceClassification`): the sigmoid of one logit, or
-  with two labels the softmax probability of the second;
-- Qwen3-Reranker (a causal LM): the official prompt, then P("yes") from a softmax over the last
-  position's "no"/"yes" logits;
-- an embedding model: cosine similarity of the query's and each document's vectors.
+- cross-encoders (BERT, XLM-RoBERTa, MPNet, ModernBERT `*ForSequenceClassification`): one label's logit
+  (sentence-transformers' CrossEncoder takes its sigmoid), or with two labels the second's logit minus the
+  first's (whose sigmoid is the softmax probability of the second);
+- Qwen3-Reranker (families/qwen3.py): the "yes" logit minus the "no" logit at the last position (whose
+  sigmoid is P("yes") of a softmax over the two);
+- an embedding model: the cosine similarity of the query's and each document's vectors (score and raw).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import mlx.core as mx
 import numpy as np
 
+from mlx_serve.core.errors import InvalidRequest
+from mlx_serve.core.types import Truncation
 from mlx_serve.engine.batching import BatchRunner, Seq
-from mlx_serve.engine.decoder import DecoderStack
 from mlx_serve.engine.embedder import Embedder
-from mlx_serve.engine.pooling import pool
-from mlx_serve.engine.tokenizer import TextTokenizer, too_long
+from mlx_serve.engine.tokenizer import TextTokenizer
 
-DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
-QWEN3_PREFIX = (
-    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct "
-    'provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
-)
-QWEN3_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+Arrays = Callable[[], list[mx.array]]
 
 
-@dataclass(frozen=True)
-class Scores:
-    values: np.ndarray  # (N,) relevance of each document, in order
-    token_counts: list[int]
+def sigmoid(raw: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-raw.astype(np.float64)))).astype(np.float32)
 
 
 class Reranker:
-    """Base: pairs -> sequences -> one score per sequence through the batch runner."""
+    """Base: pairs -> sequences -> one raw score per sequence through the batch runner."""
 
     type = "reranker"
 
-    def __init__(
-        self, name: str, tokenizer: TextTokenizer, runner: BatchRunner, arrays: Callable[[], list[mx.array]]
-    ) -> None:
+    def __init__(self, name: str, tokenizer: TextTokenizer, runner: BatchRunner, arrays: Arrays) -> None:
         self.name = name
         self.tokenizer = tokenizer
         self.runner = runner
@@ -52,17 +44,24 @@ class Reranker:
     def max_length(self) -> int:
         return self.tokenizer.max_length
 
+    @property
+    def streams(self) -> list[mx.Stream]:
+        return self.runner.streams
+
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self._arrays())
 
-    def tokenize(self, query: str, documents: Sequence[str], instruction: str | None, truncate: bool) -> list[Seq]:
+    def tokenize(
+        self, query: str, documents: Sequence[str], instruction: str | None, truncate: bool | Truncation
+    ) -> list[Seq]:
         raise NotImplementedError
 
     def run(self, seqs: Sequence[Seq], max_batch_tokens: int) -> np.ndarray:
         return self.runner.run(seqs, max_batch_tokens).reshape(len(seqs))
 
-    def scores_from_rows(self, rows: np.ndarray) -> np.ndarray:
-        return rows
+    def scores(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, raw scores) from the rows the runner gave."""
+        return sigmoid(rows), rows
 
     def rerank(
         self,
@@ -70,69 +69,34 @@ class Reranker:
         documents: Sequence[str],
         max_batch_tokens: int,
         instruction: str | None = None,
-        truncate: bool = True,
-    ) -> Scores:
+        truncate: bool | Truncation = True,
+    ) -> np.ndarray:
+        """The scores of the documents, in order (for tests and benchmarks, outside the scheduler)."""
         seqs = self.tokenize(query, documents, instruction, truncate)
-        return Scores(self.scores_from_rows(self.run(seqs, max_batch_tokens)), [len(s) for s in seqs])
+        return self.scores(self.run(seqs, max_batch_tokens))[0]
+
+
+def no_instruction(name: str, instruction: str | None) -> None:
+    if instruction:
+        raise InvalidRequest(f"the model {name} takes no instruction", code="invalid_instruction", param="instruction")
 
 
 class CrossEncoder(Reranker):
-    def tokenize(self, query: str, documents: Sequence[str], instruction: str | None, truncate: bool) -> list[Seq]:
-        if instruction:
-            raise ValueError(f"the model {self.name} takes no instruction")
+    def tokenize(
+        self, query: str, documents: Sequence[str], instruction: str | None, truncate: bool | Truncation
+    ) -> list[Seq]:
+        no_instruction(self.name, instruction)
         return self.tokenizer.encode_pairs([(query, d) for d in documents], truncate)
 
 
 def cross_encoder_head(classifier: Callable[..., mx.array], labels: int = 1) -> Callable[..., mx.array]:
-    """One label: sigmoid of its logit (sentence-transformers' CrossEncoder). Two: the probability of the
-    second label ("relevant"), a softmax over both."""
+    """The log-odds of relevance: one label's logit, or the second's minus the first's (see the module)."""
 
     def head(ids: mx.array, type_ids: mx.array, mask: mx.array, padded: bool) -> mx.array:
         logits = classifier(ids, type_ids, mask, padded).astype(mx.float32)
-        return mx.sigmoid(logits[:, :1]) if labels == 1 else mx.softmax(logits, axis=-1)[:, 1:2]
+        return logits[:, :1] if labels == 1 else logits[:, 1:2] - logits[:, :1]
 
     return head
-
-
-class Qwen3Reranker(Reranker):
-    def __init__(
-        self,
-        name: str,
-        tokenizer: TextTokenizer,
-        stack: DecoderStack,
-        streams: Sequence[mx.Stream],
-        default_instruction: str = DEFAULT_INSTRUCTION,
-    ) -> None:
-        no, yes = tokenizer.token_id("no"), tokenizer.token_id("yes")
-        if no is None or yes is None:
-            raise ValueError(f"{name}: the tokenizer has no single 'yes'/'no' tokens, so it is not a Qwen3 reranker")
-        self.stack = stack
-        self.answer_ids = [no, yes]
-        self.default_instruction = default_instruction
-        self.prefix = tokenizer.raw(QWEN3_PREFIX)
-        self.suffix = tokenizer.raw(QWEN3_SUFFIX)
-        runner = BatchRunner(self._head, pad_id=stack.pad_id, padding_side="right", streams=streams)
-        super().__init__(name, tokenizer, runner, stack.arrays)
-
-    def _head(self, ids: mx.array, type_ids: mx.array, mask: mx.array, padded: bool) -> mx.array:
-        last = pool(self.stack(ids, mask, padded), mask, "last")
-        logits = self.stack.token_logits(last, self.answer_ids).astype(mx.float32)
-        return mx.softmax(logits, axis=-1)[:, 1:]  # P("yes")
-
-    def tokenize(self, query: str, documents: Sequence[str], instruction: str | None, truncate: bool) -> list[Seq]:
-        # As the model card: the middle is truncated so that the prefix and suffix always survive.
-        room = self.max_length - len(self.prefix) - len(self.suffix)
-        task = instruction or self.default_instruction
-        seqs = []
-        for i, doc in enumerate(documents):
-            text = f"<Instruct>: {task}\n<Query>: {query}\n<Document>: {doc}"
-            cut = self.tokenizer.bounded(text)
-            middle = self.tokenizer.raw(cut)
-            if len(middle) > room and not truncate:
-                count = len(middle) + len(self.prefix) + len(self.suffix)
-                raise too_long(i, count, self.max_length, at_least=cut is not text)
-            seqs.append(Seq(self.prefix + middle[:room] + self.suffix))
-        return seqs
 
 
 class EmbeddingRanker(Reranker):
@@ -140,9 +104,11 @@ class EmbeddingRanker(Reranker):
 
     def __init__(self, embedder: Embedder) -> None:
         self.embedder = embedder
-        super().__init__(embedder.name, embedder.tokenizer, embedder.runner, embedder._arrays)
+        super().__init__(embedder.name, embedder.tokenizer, embedder.runner, embedder.arrays)
 
-    def tokenize(self, query: str, documents: Sequence[str], instruction: str | None, truncate: bool) -> list[Seq]:
+    def tokenize(
+        self, query: str, documents: Sequence[str], instruction: str | None, truncate: bool | Truncation
+    ) -> list[Seq]:
         # The query as a query (the model's instruction or query prompt), the documents as documents.
         query_seqs = self.embedder.tokenize([query], instruction, truncate, input_type="query")
         return query_seqs + self.embedder.tokenize(documents, None, truncate, input_type="document")
@@ -150,7 +116,8 @@ class EmbeddingRanker(Reranker):
     def run(self, seqs: Sequence[Seq], max_batch_tokens: int) -> np.ndarray:
         return self.embedder.run(seqs, max_batch_tokens)
 
-    def scores_from_rows(self, rows: np.ndarray) -> np.ndarray:
+    def scores(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         query, docs = rows[0], rows[1:]
         norms = np.maximum(np.linalg.norm(docs, axis=1) * np.linalg.norm(query), 1e-12)
-        return (docs @ query) / norms
+        cosine = ((docs @ query) / norms).astype(np.float32)
+        return cosine, cosine

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlx_serve.core.errors import InvalidRequest
 from mlx_serve.engine.pooling import MODES
 
 # Activations of Dense modules, by the class name sentence-transformers records.
@@ -133,7 +134,11 @@ def prompt_for(layout: Layout, name: str | None, input_type: str | None) -> str 
     if name is not None:
         if name not in layout.prompts:
             known = ", ".join(sorted(layout.prompts)) or "none"
-            raise ValueError(f"the model has no prompt named {name!r} (its prompts: {known})")
+            raise InvalidRequest(
+                f"the model has no prompt named {name!r} (its prompts: {known})",
+                code="invalid_prompt_name",
+                param="prompt_name",
+            )
         return layout.prompts[name]
     if input_type is not None:
         for candidate in PROMPT_NAMES.get(input_type, (input_type,)):

@@ -3,47 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from tokenizers import Tokenizer
 
+from mlx_serve.core.errors import InputTooLong, InvalidInput
+from mlx_serve.core.types import (
+    Input,
+    Truncation,
+)
 from mlx_serve.engine.batching import Seq
 
-Input = str | Sequence[int]
 
-
-class InputError(ValueError):
-    """An input the model cannot take; `index` says which one."""
-
-    def __init__(self, index: int, message: str) -> None:
-        super().__init__(message)
-        self.index = index
-
-
-def too_long(index: int, tokens: int, limit: int, at_least: bool = False) -> InputError:
-    count = f"more than {limit}" if at_least else str(tokens)
-    return InputError(
-        index,
-        f"input[{index}] has {count} tokens, over the model's maximum of {limit}; "
-        "shorten it or allow truncation (truncate: true)",
+def too_long(index: int, tokens: int, limit: int, at_least: bool = False) -> InputTooLong:
+    count = f"more than {tokens}" if at_least else str(tokens)
+    return InputTooLong(
+        f"has {count} tokens, over the model's maximum of {limit}; shorten it or allow truncation", index=index
     )
-
-
-@dataclass(frozen=True)
-class Truncation:
-    """How inputs over a length are cut: `side` "end" keeps their start (the usual), "start" keeps their
-    end (Cohere's `truncate: START`); `max_tokens` lowers the model's maximum for one request (special
-    tokens included). Not `enabled`: an input over the length is an error naming it."""
-
-    enabled: bool = True
-    side: Literal["end", "start"] = "end"
-    max_tokens: int | None = None
-
-
-def as_truncation(value: bool | Truncation) -> Truncation:
-    return value if isinstance(value, Truncation) else Truncation(enabled=value)
 
 
 # A first cut of a long text, in characters per token of the model's maximum length: generous, since a
@@ -102,6 +78,26 @@ class TextTokenizer:
             cut = min(cut * 4, cap)
         return text
 
+    def offsets(
+        self, index: int, text: str, special_tokens: bool = True
+    ) -> tuple[list[int], list[tuple[int, int]], list[bool]]:
+        """Ids, character offsets and which ids are special tokens, for TEI's /tokenize; an input over the
+        model's maximum length is an error, as there (an answer is bounded by it)."""
+        part = self.bounded(text)
+        enc = self._full.encode(part, add_special_tokens=special_tokens)
+        if len(enc.ids) > self.max_length:
+            raise too_long(index, len(enc.ids), self.max_length, at_least=part is not text)
+        return list(enc.ids), [tuple(o) for o in enc.offsets], [bool(m) for m in enc.special_tokens_mask]
+
+    def token_text(self, token_id: int) -> str:
+        return self._full.id_to_token(token_id) or ""
+
+    def decode(self, index: int, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        bad = next((t for t in ids if not 0 <= t < self.vocab_size), None)
+        if bad is not None:
+            raise InvalidInput(f"holds token id {bad}, outside the vocabulary (0-{self.vocab_size - 1})", index=index)
+        return self._full.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
     def token_id(self, token: str) -> int | None:
         return self._full.token_to_id(token)
 
@@ -115,7 +111,7 @@ class TextTokenizer:
 
         Token arrays are the content of a text and get the model's special tokens around them, unless they
         already hold them (an array made by the model's own tokenizer with its defaults)."""
-        cut = as_truncation(truncate)
+        cut = Truncation.of(truncate)
         limit = min(cut.max_tokens or self.max_length, self.max_length)
         out: list[Seq | None] = [None] * len(inputs)
         texts = [(i, x) for i, x in enumerate(inputs) if isinstance(x, str)]
@@ -130,8 +126,8 @@ class TextTokenizer:
                 ids = list(x)
                 bad = next((t for t in ids if not 0 <= t < self.vocab_size), None)
                 if bad is not None:
-                    raise InputError(
-                        i, f"input[{i}] holds token id {bad}, outside the vocabulary (0-{self.vocab_size - 1})"
+                    raise InvalidInput(
+                        f"holds token id {bad}, outside the vocabulary (0-{self.vocab_size - 1})", index=i
                     )
                 if self._is_framed(ids):
                     ids = ids[len(self.prefix) : len(ids) - len(self.suffix)]
@@ -172,9 +168,10 @@ class TextTokenizer:
         offsets = self._full.encode(part, add_special_tokens=False).offsets
         return text if len(offsets) <= max_tokens else text[: offsets[max_tokens - 1][1]]
 
-    def encode_pairs(self, pairs: Sequence[tuple[str, str]], truncate: bool = True) -> list[Seq]:
-        """Sentence pairs with segment ids, as cross-encoders take them ([CLS] a [SEP] b [SEP])."""
-        tok = self._cut if truncate else self._full
+    def encode_pairs(self, pairs: Sequence[tuple[str, str]], truncate: bool | Truncation = True) -> list[Seq]:
+        """Sentence pairs with segment ids, as cross-encoders take them ([CLS] a [SEP] b [SEP]); a pair over
+        the length is cut longest-first, as sentence-transformers' CrossEncoder does."""
+        tok = self._cut if Truncation.of(truncate).enabled else self._full
         cut = [(self.bounded(a), self.bounded(b)) for a, b in pairs]
         seqs = []
         for i, (enc, whole, part) in enumerate(zip(tok.encode_batch(cut), pairs, cut, strict=True)):

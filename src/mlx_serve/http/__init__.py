@@ -1,6 +1,2 @@
-"""The HTTP layer: the Falcon app factory, middleware, OpenAI-shaped errors, pydantic request schemas and
-thin resources that call the runtime. No MLX here."""
-
-from mlx_serve.http.app import create_app
-
-__all__ = ["create_app"]
+"""The HTTP layer: the app (app.py), what every request goes through (middleware, security, body), and
+one module per protocol spoken (dialects/). It depends on the core's `Service` protocol, never on MLX."""

@@ -1,4 +1,5 @@
-"""The Falcon WSGI app: routes, middleware and error handlers, built from settings and a runtime."""
+"""The Falcon WSGI app: every dialect's routes, the middleware and the error handlers, built from settings
+and a `Service` (core/service.py): the runtime in the server, a fake in the HTTP tests."""
 
 from __future__ import annotations
 
@@ -10,28 +11,22 @@ import numpy as np
 import orjson
 
 from mlx_serve import __version__
+from mlx_serve.core.service import Service
 from mlx_serve.http import errors, openapi
+from mlx_serve.http.dialects import cohere, infinity, jina, ollama, openai, system, tei
+from mlx_serve.http.dialects.base import Limits
 from mlx_serve.http.middleware import RequestLog
-from mlx_serve.http.resources.cache import PsResource, UnloadResource
-from mlx_serve.http.resources.cohere import CohereEmbedResource, CohereRerankResource
-from mlx_serve.http.resources.embeddings import EmbeddingsResource
-from mlx_serve.http.resources.health import HealthResource
-from mlx_serve.http.resources.metrics import MetricsResource
-from mlx_serve.http.resources.models import ModelResource, ModelsResource
-from mlx_serve.http.resources.openapi import OpenApiResource
-from mlx_serve.http.resources.ready import ReadyResource
-from mlx_serve.http.resources.rerank import RerankResource
-from mlx_serve.http.resources.store import DeleteResource, PullResource, ShowResource, TagsResource
 from mlx_serve.http.security import Guard
 from mlx_serve.metrics import Metrics
-from mlx_serve.readiness import Readiness
-from mlx_serve.runtime import Runtime
+from mlx_serve.serving.readiness import Readiness
 from mlx_serve.settings import Settings
 
 
 def _as_list(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):  # orjson takes only C-contiguous arrays itself
         return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
@@ -44,9 +39,14 @@ JSON_RESPONSES = falcon.media.JSONHandler(
 
 
 def create_app(
-    settings: Settings, runtime: Runtime, metrics: Metrics, readiness: Readiness | None = None
+    settings: Settings,
+    service: Service,
+    metrics: Metrics,
+    readiness: Readiness | None = None,
+    max_batch_tokens: int = 0,
 ) -> falcon.App:
-    """`readiness`: the server's (it preloads in the background); without one the app is ready at once."""
+    """`readiness`: the server's (it preloads in the background); without one the app is ready at once.
+    `max_batch_tokens`: the scheduler's budget, which TEI's /info reports."""
     readiness = readiness or Readiness("ready")
     middleware: list[Any] = [RequestLog(metrics), Guard(settings)]
     if settings.allowed_origins:
@@ -55,35 +55,32 @@ def create_app(
     app.req_options.strip_url_path_trailing_slash = True  # /v1/embeddings/ is /v1/embeddings
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = JSON_RESPONSES
     errors.install(app)
-    limit = settings.max_request_bytes
-    inputs = settings.max_inputs_per_request
-    embeddings = EmbeddingsResource(runtime, limit, inputs)
+    limits = Limits(settings.max_request_bytes, settings.max_inputs_per_request)
     document = openapi.document(
         __version__, api_key=settings.resolved_api_key() is not None, metrics_public=settings.metrics_public
     )
     routes: dict[str, object] = {
-        "/v1/embeddings": embeddings,
-        "/embeddings": embeddings,
-        "/v1/rerank": RerankResource(runtime, limit, inputs, documents_as_text=False),
-        "/rerank": RerankResource(runtime, limit, inputs, documents_as_text=True),
-        "/v1/embed": CohereEmbedResource(runtime, limit, inputs, version="1"),
-        "/v2/embed": CohereEmbedResource(runtime, limit, inputs),
-        "/v2/rerank": CohereRerankResource(runtime, limit, inputs),
-        "/v1/models": ModelsResource(runtime),
-        "/v1/models/{model_id:path}": ModelResource(runtime),
-        "/api/ps": PsResource(runtime),
-        "/api/tags": TagsResource(runtime),
-        "/api/show": ShowResource(runtime, limit),
-        "/api/delete": DeleteResource(runtime, limit),
-        "/api/pull": PullResource(runtime, limit),
-        "/api/unload": UnloadResource(runtime, limit),
-        "/health": HealthResource(runtime),
-        "/ready": ReadyResource(readiness),
-        "/metrics": MetricsResource(metrics),
-        "/openapi.json": OpenApiResource(document),
+        **openai.routes(service, limits),
+        **jina.routes(service, limits),
+        **infinity.routes(service, limits),
+        **cohere.routes(service, limits),
+        **tei.routes(service, limits, max_batch_tokens),
+        **ollama.routes(service, limits),
+        "/health": system.HealthResource(service),
+        "/ready": system.ReadyResource(readiness),
+        "/metrics": system.MetricsResource(metrics),
+        "/openapi.json": system.OpenApiResource(document),
     }
+    # POST / is TEI's embed (and rerank); GET / is Ollama's "running".
+    routes["/"] = _Root(routes["/"], tei.EmbedResource(service, limits))
     for path, resource in routes.items():
         if hasattr(resource, "on_get") and not hasattr(resource, "on_head"):
             resource.on_head = resource.on_get  # type: ignore[attr-defined]  # HEAD on every GET route
         app.add_route(path, resource)
     return app
+
+
+class _Root:
+    def __init__(self, get: Any, post: Any) -> None:
+        self.on_get = get.on_get
+        self.on_post = post.on_post

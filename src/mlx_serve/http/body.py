@@ -13,17 +13,17 @@ from typing import Any
 import falcon
 import orjson
 
-from mlx_serve.http.errors import ApiError, bad_request
+from mlx_serve.core.errors import InvalidRequest, PayloadTooLarge
 
 
 def read_json_object(req: falcon.Request, limit: int) -> dict[str, Any]:
     raw = _read(req, limit)
     if not raw.strip():
-        raise bad_request("The request body is empty; send a JSON object.", "invalid_json")
+        raise InvalidRequest("The request body is empty; send a JSON object.", code="invalid_json")
     body, suspect = _parse(raw)
     if not isinstance(body, dict):
         kind = "null" if body is None else type(body).__name__
-        raise bad_request(f"The request body must be a JSON object, not {kind}.", "invalid_body")
+        raise InvalidRequest(f"The request body must be a JSON object, not {kind}.", code="invalid_body")
     if suspect:
         _refuse_bad_text(body)
     return body
@@ -39,7 +39,7 @@ def _read(req: falcon.Request, limit: int) -> bytes:
     try:
         raw = stream.read(limit + 1)
     except Exception as exc:  # malformed chunks, a client gone mid-body: the client's fault
-        raise bad_request(f"The request body could not be read: {exc}", "invalid_body") from None
+        raise InvalidRequest(f"The request body could not be read: {exc}", code="invalid_body") from None
     if len(raw) > limit:
         raise too_large(limit)
     return raw
@@ -52,11 +52,15 @@ def _parse(raw: bytes) -> tuple[Any, bool]:
         return orjson.loads(raw), b"\\u0000" in raw
     except orjson.JSONDecodeError as exc:
         if "surrogate" not in str(exc):
-            raise bad_request(f"The request body is not valid JSON: {exc}", "invalid_json") from None
+            raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+    try:
+        text = raw.decode("utf-8")  # the standard library would guess UTF-16 or UTF-32 from bytes
+    except UnicodeDecodeError:
+        raise InvalidRequest("The request body is not UTF-8 text.", code="invalid_json") from None
     try:  # a lone surrogate: read it, so that _refuse_bad_text can say where it is
-        return json.loads(raw, parse_constant=_no_constants), True
+        return json.loads(text, parse_constant=_no_constants), True
     except (ValueError, RecursionError) as exc:
-        raise bad_request(f"The request body is not valid JSON: {exc}", "invalid_json") from None
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
 
 
 def _no_constants(name: str) -> Any:
@@ -82,12 +86,12 @@ def _refuse_bad_text(body: dict[str, Any]) -> None:
 
 def _check_text(text: str, path: str) -> None:
     if "\x00" in text:
-        raise bad_request(f"{path} holds a NUL character (\\u0000)", _code(path), _param(path))
+        raise InvalidRequest(f"{path} holds a NUL character (\\u0000)", code=_code(path), param=_param(path))
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         message = f"{path} holds a lone UTF-16 surrogate, which is not valid Unicode text"
-        raise bad_request(message, _code(path), _param(path)) from None
+        raise InvalidRequest(message, code=_code(path), param=_param(path)) from None
 
 
 def _param(path: str) -> str | None:
@@ -100,5 +104,5 @@ def _code(path: str) -> str:
     return f"invalid_{field}" if field and field.isidentifier() else "invalid_body"
 
 
-def too_large(limit: int) -> ApiError:
-    return ApiError(413, f"The request body is larger than the limit of {limit} bytes.", "payload_too_large")
+def too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes (max_request_bytes).")

@@ -16,7 +16,7 @@ import ipaddress
 
 import falcon
 
-from mlx_serve.http.errors import ApiError
+from mlx_serve.core.errors import Forbidden, Unauthorized
 from mlx_serve.settings import Settings
 
 PUBLIC_ROUTES = frozenset({"/health", "/ready"})
@@ -54,28 +54,24 @@ class Guard:
         if self.check_host:
             name = host_name(req.get_header("Host") or "")
             if not (is_loopback_name(name) or name in self.hosts):
-                raise ApiError(
-                    403,
+                raise Forbidden(
                     f"The Host {name!r} is not this server's: add it to `allowed_hosts` if a proxy forwards it.",
-                    "forbidden_host",
+                    code="forbidden_host",
                 )
         origin = req.get_header("Origin")
         if origin is not None and origin not in self.origins and "*" not in self.origins:
-            raise ApiError(
-                403,
+            raise Forbidden(
                 f"Requests from the web origin {origin!r} are refused: add it to `allowed_origins` to allow it.",
-                "forbidden_origin",
+                code="forbidden_origin",
             )
         if self.key is None or req.method == "OPTIONS" or self._public(req.path):
             return
         scheme, _, token = (req.get_header("Authorization") or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.key.encode()):
-            error = ApiError(
-                401,
-                "A valid API key is required: send `Authorization: Bearer <key>`.",
-                "invalid_api_key",
-                error_type="authentication_error",
-            )
+        # WSGI hands header values over as latin-1 text: their bytes again, compared with the key's UTF-8
+        # bytes, so that a key with non-ASCII characters works from a UTF-8 client.
+        sent = token.strip().encode("latin-1", "replace")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(sent, self.key.encode("utf-8")):
+            error = Unauthorized("A valid API key is required: send `Authorization: Bearer <key>`.")
             error.headers = {"WWW-Authenticate": 'Bearer realm="mlx-serve"'}
             raise error
 

@@ -1,0 +1,99 @@
+"""Never a NaN or inf with status 200. Half precision tops out at 65504; trained models have activations
+past it (Gemma3's residual stream reaches 1e5-1e6). A model scaled so that one layer's output reaches
+that size must give the reference's vectors in every dtype: float16 by running the overflowing rows again
+in float32. A model that is not finite even in float32 is refused per request, in the route's own shape,
+while other requests are served."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from . import tiny_models
+from .conftest import MINILM, cosine, metric
+
+TEXTS = ["the quick brown fox", "gravity pulls everything down", "a"]
+# The least cosine to the float32 reference per compute dtype (bfloat16 keeps 8 bits of mantissa).
+MIN_COSINE = {"float32": 0.99999, "float16": 0.9999, "bfloat16": 0.995}
+
+
+def scaled_minilm(minilm_dir: Path, dest: Path, factor: float) -> Path:
+    """MiniLM with one feed-forward output scaled: its residual stream passes 65504 before the LayerNorm
+    (float16 then gives NaN), while float32 and the LayerNorm after it are untroubled."""
+    shutil.copytree(minilm_dir, dest)
+    weights_file = next(dest.glob("*.safetensors"))
+    weights = load_file(weights_file)
+    key = next(k for k in weights if "layer.2.output.dense.weight" in k)
+    weights[key] = weights[key] * np.float32(factor)
+    save_file(weights, weights_file, metadata={"format": "pt"})
+    return dest
+
+
+@pytest.fixture(scope="module")
+def overflowing(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    """The scaled model and sentence-transformers' vectors for TEXTS (in float32, on the CPU)."""
+    from sentence_transformers import SentenceTransformer
+
+    path = scaled_minilm(minilm_dir, tmp_path_factory.mktemp("models") / "big", 3000.0)
+    return path, SentenceTransformer(str(path), device="cpu").encode(TEXTS)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_an_overflowing_model_gives_the_reference_vectors_in_every_dtype(make_app, overflowing, dtype) -> None:
+    path, reference = overflowing
+    app = make_app(models={"big": path}, dtype=dtype)
+    answer = app.client.simulate_post("/v1/embeddings", json={"model": "big", "input": TEXTS})
+    assert answer.status_code == 200, answer.text
+    vectors = np.array([d["embedding"] for d in answer.json["data"]])
+    assert cosine(vectors, reference).min() > MIN_COSINE[dtype]
+    recomputed = metric(app.client, 'mlx_serve_numerical_overflows_total{model="big",outcome="recomputed"}')
+    # float16 overflows on every text and is answered from float32; the others never overflow.
+    assert (recomputed or 0) == (len(TEXTS) if dtype == "float16" else 0)
+
+
+def poisoned(minilm_dir: Path, dest: Path, value: float) -> Path:
+    """MiniLM with one weight NaN (or inf): no dtype can give a finite vector."""
+    shutil.copytree(minilm_dir, dest)
+    weights_file = next(dest.glob("*.safetensors"))
+    weights = load_file(weights_file)
+    key = next(k for k in weights if "layer.0.output.dense.bias" in k)
+    weights[key][0] = value
+    save_file(weights, weights_file, metadata={"format": "pt"})
+    return dest
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_outputs_are_refused_in_each_routes_shape_and_others_are_served(
+    make_app, minilm_dir, tmp_path, value
+) -> None:
+    app = make_app(models={"bad": poisoned(minilm_dir, tmp_path / "bad", value)}, default_embedding_model=MINILM)
+    client = app.client
+    openai = client.simulate_post("/v1/embeddings", json={"model": "bad", "input": ["ok", "x"]})
+    assert openai.status_code == 500 and openai.json["error"]["code"] == "numerical_overflow"
+    assert "input[0]" in openai.json["error"]["message"]
+    cohere = client.simulate_post("/v2/embed", json={"model": "bad", "texts": ["ok"], "input_type": "search_query"})
+    assert cohere.status_code == 500 and "NaN or infinite" in cohere.json["message"]
+    ollama = client.simulate_post("/api/embed", json={"model": "bad", "input": "ok"})
+    assert ollama.status_code == 500 and ollama.json["code"] == "numerical_overflow"
+    tei = client.simulate_post("/embed", json={"inputs": "ok"})
+    assert tei.status_code == 200  # the default model, untouched
+    # An embedding model named for reranking scores by cosine: no score may be null.
+    ranked = client.simulate_post("/v1/rerank", json={"model": "bad", "query": "q", "documents": ["a", "b"]})
+    assert ranked.status_code == 500 and ranked.json["error"]["code"] == "numerical_overflow"
+    fine = client.simulate_post("/v1/embeddings", json={"model": MINILM, "input": "ok"})
+    assert fine.status_code == 200 and np.isfinite(fine.json["data"][0]["embedding"]).all()
+    assert metric(client, 'mlx_serve_numerical_overflows_total{model="bad",outcome="failed"}') >= 4
+
+
+def test_gemma3_never_runs_in_float16(make_app, tmp_path) -> None:
+    """auto on a GPU is bfloat16 for it (serving/loader); an explicit float16 is refused in one sentence."""
+    gemma = tiny_models.embedding_gemma(tmp_path / "gemma", seed=3)
+    app = make_app(models={"gemma": gemma}, dtype="float16")
+    answer = app.client.simulate_post("/v1/embeddings", json={"model": "gemma", "input": "ok"})
+    assert answer.status_code == 400, answer.text
+    message = answer.json["error"]["message"]
+    assert "overflow float16" in message and "bfloat16" in message
