@@ -5,6 +5,7 @@ requests in flight to it, and none once the health checks have noticed."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import shutil
 import signal
@@ -37,6 +38,17 @@ def call(url: str, body: dict | None = None, timeout: float = 30) -> tuple[int, 
         return exc.code, json.loads(exc.read() or b"{}")
     except OSError:
         return 0, {}
+
+
+def raw_status(url: str, method: str, path: str, body: dict) -> int:
+    """The status for a path sent exactly as written (urllib would not send every spelling)."""
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request(method, path, json.dumps(body), {"Content-Type": "application/json"})
+        return conn.getresponse().status
+    finally:
+        conn.close()
 
 
 def loaded(node: ServerProcess) -> list[str]:
@@ -112,7 +124,14 @@ def test_a_model_lives_on_one_node_and_moves_without_losing_requests(cluster) ->
 
     # Control routes are refused at the balancer: they manage one node's store and cache.
     status, body = call(f"{url}/api/ps")
-    assert status == 403 and body["error"]["code"] == "node_route"
+    assert status == 403 and body["code"] == "node_route"
+    # However the path is spelt: HAProxy must read it as the server does (decoded, slashes merged).
+    for path in ("//api/pull", "/api%2Fdelete", "/%61pi/unload", "/API/ps", "/api/unload/"):
+        assert raw_status(url, "POST", path, {"name": MINILM}) == 403, path
+    assert MINILM in loaded(first)  # nothing got through to unload it
+    # Ollama's embedding and listing routes are the cluster's own, like /v1/embeddings.
+    assert call(f"{url}/api/embed", {"model": MINILM, "input": "hello"})[0] == 200
+    assert call(f"{url}/api/tags")[0] == 200
 
     # A graceful stop under load: the node drains (its /ready says 503 while it still serves), the
     # balancer moves the model's requests to another node, and not one request fails.

@@ -367,3 +367,35 @@ def test_ctrl_c_during_a_pull_is_one_line_and_keeps_nothing(home: Path, hub: Fak
     assert pull.returncode == 130
     assert "Traceback" not in err and "interrupted" in err and len(err.strip().splitlines()) == 1, err
     assert not (models_dir(home) / "Tiny-CrossEncoder").exists()
+
+
+@pytest.mark.process
+def test_pulling_again_updates_a_model_whose_files_changed(make_app, tmp_path: Path) -> None:
+    """The same source under the same name: a no-op while its files are the same, an update (served at
+    once, by a running server too) when they changed. Hub repos move on the same way."""
+    from safetensors.numpy import load_file, save_file
+
+    folder = tiny_models.bert_cross_encoder(tmp_path / "ce", seed=31)
+    app = make_app()
+    client = app.client
+
+    def pull() -> list[dict]:
+        answer = client.simulate_post("/api/pull", json={"model": str(folder), "name": "ce"})
+        return [json.loads(line) for line in answer.text.splitlines()]
+
+    def score() -> float:
+        ranked = client.simulate_post("/v1/rerank", json={"model": "ce", "query": "q", "documents": ["a doc"]})
+        return ranked.json["results"][0]["relevance_score"]
+
+    assert pull()[-1] == {"status": "success"}
+    before, stored = score(), app.runtime.store.metadata("ce")
+    assert pull()[-1] == {"status": "success"}
+    assert app.runtime.store.metadata("ce") == stored  # nothing changed: nothing done
+    weights_file = next(folder.glob("*.safetensors"))
+    weights = load_file(weights_file)
+    key = next(k for k in weights if k.endswith("classifier.bias"))
+    weights[key] = weights[key] + np.float32(3.0)
+    save_file(weights, weights_file, metadata={"format": "pt"})
+    assert pull()[-1] == {"status": "success"}
+    assert app.runtime.store.metadata("ce")["source_digest"] != stored["source_digest"]
+    assert abs(score() - before) > 0.01  # the running server serves the new weights

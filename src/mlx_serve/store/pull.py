@@ -83,16 +83,6 @@ def pull(
                 f"{name!r} is {what}; pulling {source} under that name would replace it for every client. "
                 "Choose another name (--name), or pass --replace to replace it"
             )
-        if (
-            existing
-            and existing.get("source") == label
-            and existing.get("quantization") == quantize
-            and (type is None or existing.get("type") == type)
-        ):
-            report(Progress("success"))
-            entry = store.get(name)
-            assert entry is not None
-            return entry, False
         download = store.scratch("download", name)
         try:
             revision, boundary = None, None
@@ -101,6 +91,21 @@ def pull(
                 local, revision = _download(repo_id, download, report, show_bars, store.root)
                 if local != download:  # a snapshot of the Hugging Face cache links into the repo's blobs
                     boundary = local.parents[1]
+            # Pulling again updates: only files identical to those stored last time (and the same
+            # quantization and type) make it a no-op. The source label alone says nothing: a folder's
+            # weights change in place, and a hub repo moves on.
+            report(Progress("verifying sha256 digest"))
+            fresh = model_files.digest(local)
+            if (
+                existing
+                and existing.get("source_digest") == fresh
+                and existing.get("quantization") == quantize
+                and (type is None or existing.get("type") == type)
+            ):
+                report(Progress("success"))
+                entry = store.get(name)
+                assert entry is not None
+                return entry, False
             report(Progress("converting"))
             entry = store.import_dir(
                 local,
@@ -108,6 +113,7 @@ def pull(
                 type,
                 source_label=label,
                 revision=revision,
+                source_digest=fresh,
                 convert=(lambda staging, detected: prepare(staging, detected, quantize)) if prepare else None,
                 adopt=local == download,  # offline pulls read the Hugging Face cache, which must stay
                 boundary=boundary,

@@ -256,6 +256,7 @@ class ModelStore:
         convert: Callable[[Path, ModelType], dict] | None = None,
         source_label: str | None = None,
         revision: str | None = None,
+        source_digest: str | None = None,
         adopt: bool = False,
         boundary: Path | None = None,
     ) -> ModelEntry:
@@ -301,6 +302,7 @@ class ModelStore:
             meta = {
                 **describe_dir(staging, type, source_label or str(source)),
                 "revision": revision,
+                "source_digest": source_digest,  # of the files pulled, before any conversion (see pull.py)
                 **extra,
             }
             _write_atomically(staging / METADATA, json.dumps(meta, indent=2))
