@@ -143,7 +143,8 @@ def test_unit_carries_the_installed_command_environment_and_settings(home: Path,
     assert {k: environment[k] for k in env} == env
     assert (unit_file(home).stat().st_mode & 0o777) == 0o600  # it may hold HF_TOKEN
     assert values["Restart"] == ["on-failure"] and values["RestartSec"] == ["5"]
-    assert values["RestartPreventExitStatus"] == ["78 69"]  # bad settings, port taken: no crash loop
+    # bad settings, port taken, a preload that failed: no restart loop
+    assert values["RestartPreventExitStatus"] == ["78 69 3"]
     assert int(values["TimeoutStopSec"][0]) > 30  # beyond graceful_timeout
     assert values["WantedBy"] == ["default.target"]
     assert calls == [
@@ -184,7 +185,10 @@ def test_plist_parses_and_carries_what_launchd_needs(home: Path, macos, monkeypa
     assert plist["KeepAlive"] == {"SuccessfulExit": False}  # restart after a crash, not after a stop
     assert plist["ThrottleInterval"] == 5 and plist["ExitTimeOut"] > 30
     assert plist["LimitLoadToSessionType"] == ["Aqua", "Background", "LoginWindow", "StandardIO", "System"]
-    assert "ProcessType" not in plist  # Background would throttle the server's CPU and I/O
+    assert plist["ProcessType"] == "Interactive"  # unspecified, launchd throttles its CPU and I/O
+    assert plist["SoftResourceLimits"] == {"NumberOfFiles": 8192}  # agents start with 256 open files
+    assert "/usr/sbin" in plist["EnvironmentVariables"]["PATH"].split(":")  # lsof lives there
+    assert "MLX_SERVE_BLAS" not in plist["EnvironmentVariables"]  # a path of this Linux machine
     log = home / ".mlx-serve" / "logs" / "mlx-serve-8125.log"
     assert plist["StandardOutPath"] == plist["StandardErrorPath"] == str(log)
     assert log.parent.is_dir()  # launchd does not create it, and would fail to spawn the job
@@ -193,8 +197,9 @@ def test_plist_parses_and_carries_what_launchd_needs(home: Path, macos, monkeypa
     assert (path.stat().st_mode & 0o777) == 0o600
     uid = os.getuid()
     # Enabled, never disabled: launchd refuses to bootstrap a disabled label. Not started without auto_start.
-    assert calls == [
+    assert calls == [  # every domain it may have been loaded in: over SSH (user/) and at the console (gui/)
         f"launchctl bootout gui/{uid}/com.mlx-serve.8125",
+        f"launchctl bootout user/{uid}/com.mlx-serve.8125",
         f"launchctl enable gui/{uid}/com.mlx-serve.8125",
     ]
 
@@ -208,6 +213,7 @@ def test_install_with_auto_start_loads_from_launch_agents_and_starts(home: Path,
     target = f"gui/{os.getuid()}/com.mlx-serve.8125"
     assert calls == [
         f"launchctl bootout {target}",
+        f"launchctl bootout user/{os.getuid()}/com.mlx-serve.8125",
         f"launchctl enable {target}",
         f"launchctl bootstrap gui/{os.getuid()} {plist_file(home, 8125)}",
         f"launchctl kickstart {target}",
@@ -255,7 +261,7 @@ def test_launchd_stop_waits_out_an_asynchronous_bootout(macos, recorder) -> None
     script_codes(recorder, 36, 36, 0)  # "operation now in progress" twice, then done
     code, _, err, calls = macos("stop", "--port", "8127")
     assert code == 0, err
-    assert calls == [f"launchctl bootout {target}"] * 3
+    assert calls == [f"launchctl bootout {target}"] * 3 + [f"launchctl bootout user/{os.getuid()}/com.mlx-serve.8127"]
     script_codes(recorder, 3)  # not loaded: stopped already
     assert macos("stop", "--port", "8127")[0] == 0
     script_codes(recorder, 5)  # a real failure is reported
@@ -308,9 +314,20 @@ def test_the_fallback_executable_is_separate_arguments(home: Path, macos, monkey
 def test_install_under_a_folder_macos_guards_is_warned_about(tmp_path) -> None:
     user = tmp_path / "me"
     for folder in ("Documents", "Desktop", "Downloads", "Library/Mobile Documents"):
-        assert service_module.guarded_folder(user / folder / "mlx-serve" / "src", user) == folder
+        assert service_module.guarded_folder(user / folder / "mlx-serve" / "src", user) == f"~/{folder}"
     assert service_module.guarded_folder(user / "code" / "mlx-serve", user) is None
     assert service_module.guarded_folder(user / "Documentation", user) is None
+    assert service_module.guarded_folder(Path("/Volumes/ssd/models"), user) == "/Volumes"
+
+
+def test_every_path_the_service_reads_is_checked_for_privacy_folders(home: Path, macos, monkeypatch) -> None:
+    """Not only the install: the models folder, the Hugging Face cache and the key file must be readable
+    by a launchd job too, or the agent fails at its first pull, load or request."""
+    monkeypatch.setenv("HF_HOME", "/Volumes/models/hf")
+    monkeypatch.setenv("MLX_SERVE_MODELS_DIR", str(home / "Documents" / "models"))
+    code, out, err, _ = macos("install", "--port", "8125")
+    text = out + err
+    assert code == 0 and "HF_HOME is under /Volumes" in text and "models_dir is under ~/Documents" in text
 
 
 def test_reinstall_rewrites_and_uninstall_removes(home: Path, recorder, macos) -> None:
@@ -332,7 +349,11 @@ def test_reinstall_rewrites_and_uninstall_removes(home: Path, recorder, macos) -
     macos("enable", "--port", "8128")
     code, _, _, calls = macos("uninstall", "--port", "8128")
     assert code == 0 and not plist_file(home, 8128).exists() and not manual_plist(home, 8128).exists()
-    assert calls == [f"launchctl bootout gui/{os.getuid()}/com.mlx-serve.8128"]
+    uid = os.getuid()
+    assert calls == [
+        f"launchctl bootout gui/{uid}/com.mlx-serve.8128",
+        f"launchctl bootout user/{uid}/com.mlx-serve.8128",
+    ]
 
 
 def test_uninstall_keeps_the_template_other_ports_use(home: Path, recorder) -> None:
@@ -409,3 +430,27 @@ def test_a_log_past_its_cap_is_rotated_at_start(home: Path) -> None:
         assert b"log_rotated" in log.read_bytes()
     finally:
         run_cli(home, "stop", "--port", str(port))
+
+
+def test_under_sudo_the_launchd_agent_is_refused(home: Path, macos, monkeypatch) -> None:
+    """sudo would make the domain root's (gui/0): the user's agent would never be found or run as root."""
+    monkeypatch.setenv("SUDO_USER", "someone")
+    code, _, err, calls = macos("install", "--port", "8125")
+    assert code == 2 and "not with sudo" in err and calls == []
+
+
+def test_under_launchd_a_start_that_would_fail_again_exits_0(home: Path, monkeypatch, capsys) -> None:
+    """KeepAlive {SuccessfulExit: false} restarts every non-zero exit; bad settings (78), a taken port (69)
+    and a failed preload (3) would only fail again, so under launchd they exit 0 with a line saying why."""
+    from mlx_serve.cli import for_the_manager
+
+    bad = run_cli(home, "start", "--foreground", env={"MLX_SERVE_MANAGED_BY": "launchd", "MLX_SERVE_PORT": "x"})
+    assert bad.returncode == 0 and "exit 78" in bad.stderr and "MLX_SERVE_PORT" in bad.stderr
+    assert run_cli(home, "start", "--foreground", env={"MLX_SERVE_PORT": "x"}).returncode == 78  # by hand: 78
+    monkeypatch.setenv("MLX_SERVE_MANAGED_BY", "launchd")
+    for code in (78, 69, 3):
+        assert for_the_manager("start", code) == 0
+        assert f"exit {code}" in capsys.readouterr().err
+    assert for_the_manager("start", 1) == 1  # a crash is restarted
+    monkeypatch.setenv("MLX_SERVE_MANAGED_BY", "systemd")  # told by RestartPreventExitStatus instead
+    assert for_the_manager("start", 78) == 78

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -209,6 +210,12 @@ def cmd_service(args: argparse.Namespace, loaded: LoadedSettings) -> int:
             return 1
         here = None
     platform_name = args.platform or here
+    if platform_name == "macos" and here == "macos" and os.environ.get("SUDO_USER") and not args.dry_run:
+        # Under sudo launchctl's domain would be root's (gui/0): the agent would run as root, or not at all.
+        print(
+            "mlx-serve: run `mlx-serve service` as yourself, not with sudo: it manages your own agent", file=sys.stderr
+        )
+        return 2
     if platform_name != here and not args.dry_run:
         # Another system's files are for reading: written here they would land where nothing loads them.
         print(f"mlx-serve: --platform {platform_name} on this system works only with --dry-run", file=sys.stderr)

@@ -30,9 +30,13 @@ State = Literal["running", "stale", "stopped"]
 MANAGER_ENV = "MLX_SERVE_MANAGED_BY"
 # `start`'s exit codes for failures a restart cannot cure (sysexits.h): the systemd unit lists them in
 # RestartPreventExitStatus, so bad settings or a port already served never become a crash loop.
+# The open files the server asks for at start (its soft limit, up to the hard one): one per connection.
+OPEN_FILES = 8192
 EXIT_SETTINGS = 78  # EX_CONFIG
 EXIT_PORT_TAKEN = 69  # EX_UNAVAILABLE: this port already has a server (ours or another program)
-NO_RESTART_EXIT_CODES = (EXIT_SETTINGS, EXIT_PORT_TAKEN)
+EXIT_BOOT_FAILED = 3  # gunicorn's: the worker failed to boot (a preload that failed)
+# Restarting would fail the same way, reloading every model each time.
+NO_RESTART_EXIT_CODES = (EXIT_SETTINGS, EXIT_PORT_TAKEN, EXIT_BOOT_FAILED)
 
 
 @dataclass(frozen=True)

@@ -191,8 +191,25 @@ def serve(settings: Settings, home: Path | None = None) -> None:
     home = home or home_dir()
     rotated = lifecycle.rotate_log(lifecycle.log_file(home, settings.port), settings.log_max_bytes)
     configure(settings.log_level, settings.log_format)
+    log = get_logger("mlx_serve.process.server")
     if rotated:
-        get_logger("mlx_serve.process.server").info(
-            "log_rotated", previous=str(lifecycle.log_file(home, settings.port)) + ".1"
-        )
+        log.info("log_rotated", previous=str(lifecycle.log_file(home, settings.port)) + ".1")
+    soft, hard = raise_open_files(lifecycle.OPEN_FILES)
+    log.info("open_files_limit", soft=soft, hard=hard)
     Server(settings, home).run()
+
+
+def raise_open_files(wanted: int) -> tuple[int, int]:
+    """Raise the soft limit on open files to `wanted` (at most the hard limit): every connection takes one,
+    and a launchd agent starts with 256. Returns the limits in force."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):  # e.g. macOS caps it at kern.maxfilesperproc: keep what we have
+            pass
+    return soft, hard

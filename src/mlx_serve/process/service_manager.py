@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
-from typing import Literal, TextIO
+from typing import Any, Literal, TextIO
 
 from mlx_serve.cpu import blas
 from mlx_serve.process import lifecycle
@@ -56,7 +56,9 @@ def executable_argv() -> list[str]:
 def service_path() -> str:
     """PATH for the service: the install's bin directory first, then the system's."""
     first = str(Path(executable_argv()[0]).parent)
-    return os.pathsep.join(dict.fromkeys([first, "/opt/homebrew/bin", "/usr/local/bin", "/usr/bin", "/bin"]))
+    # /usr/sbin and /sbin too: lsof (who holds a port) lives there on macOS.
+    system = ["/opt/homebrew/bin", "/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"]
+    return os.pathsep.join(dict.fromkeys([first, *system]))
 
 
 # Variables copied from the installing shell into the unit and the plist: a service manager starts the
@@ -70,7 +72,9 @@ def service_environment(manager: str) -> dict[str, str]:
     for key, value in sorted(os.environ.items()):
         if (key.startswith(COPIED_PREFIXES) or key in COPIED_NAMES) and key != lifecycle.MANAGER_ENV:
             env[key] = value
-    if blas.STATUS.path:  # the library this install found: the service gets the same fast path
+    # The BLAS library this install found, so the service gets the same fast path; only in a unit for this
+    # machine: a plist rendered here for a Mac must carry no path of this one.
+    if blas.STATUS.path and manager == "systemd" and sys.platform.startswith("linux"):
         env[blas.ENV_VAR] = blas.STATUS.path
     env[lifecycle.MANAGER_ENV] = manager
     return env
@@ -82,11 +86,36 @@ GUARDED_FOLDERS = ("Desktop", "Documents", "Downloads", "Library/Mobile Document
 
 
 def guarded_folder(location: Path, user_home: Path) -> str | None:
-    """The guarded folder `location` lies in, if any."""
+    """The guarded folder `location` lies in, if any (`/Volumes`: an external or network volume, which
+    launchd jobs need Full Disk Access to read too)."""
     for folder in GUARDED_FOLDERS:
         if location.is_relative_to(user_home / folder):
-            return folder
+            return f"~/{folder}"
+    if location.is_relative_to("/Volumes"):
+        return "/Volumes"
     return None
+
+
+def guarded_paths(settings: Any, user_home: Path) -> list[str]:
+    """Warnings for each path the service needs that macOS's privacy controls keep from launchd's jobs:
+    the install, the models folder, the Hugging Face cache, the API key file."""
+    hf_home = os.environ.get("HF_HOME")
+    paths = {
+        "mlx-serve is installed": install_location(),
+        "models_dir is": Path(settings.models_dir).expanduser(),
+        "HF_HOME is": Path(hf_home).expanduser() if hf_home else None,
+        "api_key_file is": settings.api_key_file,
+    }
+    warnings = []
+    for what, path in paths.items():
+        folder = guarded_folder(Path(path), user_home) if path is not None else None
+        if folder is not None:
+            warnings.append(
+                f"{what} under {folder}, which macOS's privacy controls keep from programs launchd starts: the "
+                "service would fail to read it and restart over and over. Move it elsewhere (e.g. under ~/mlx-serve), "
+                "or give the Python that runs mlx-serve Full Disk Access, and install the service again."
+            )
+    return warnings
 
 
 def install_location() -> Path:
@@ -278,6 +307,11 @@ class Launchd(Manager):
             # Restart after a crash only: a clean exit (mlx-serve stop, SIGTERM) stays stopped.
             "KeepAlive": {"SuccessfulExit": False} if s.service.restart_on_failure else False,
             "ThrottleInterval": s.service.restart_delay,
+            # Unspecified, a job gets "light resource limits", its CPU and I/O throttled (launchd.plist(5)).
+            "ProcessType": "Interactive",
+            # Agents start with 256 open files; each connection takes one (the server raises its own soft
+            # limit too, on every platform: process/server.py).
+            "SoftResourceLimits": {"NumberOfFiles": lifecycle.OPEN_FILES},
             "ExitTimeOut": self.stop_timeout,
             "LimitLoadToSessionType": SESSION_TYPES,
             "StandardOutPath": str(self.log()),
@@ -291,11 +325,22 @@ class Launchd(Manager):
     def _ctl(self, *args: str, **kwargs: object) -> Command:
         return Command(["launchctl", *args], **kwargs)  # type: ignore[arg-type]
 
-    def _bootout(self) -> Command:
-        # Asynchronous: 36 while the job drains. Retried until launchd says it is gone, within the stop timeout.
-        return self._ctl(
-            "bootout", self.target, ok_codes=NOT_LOADED, retry_codes=IN_PROGRESS, attempts=self.stop_timeout * 2
-        )
+    def _bootouts(self) -> list[Command]:
+        """Bootout in every domain the agent may have been loaded in, this session's first: one set up over
+        SSH (user/UID) and later used at the console (gui/UID) may be loaded in both, as Homebrew's stop
+        knows. Asynchronous: 36 while the job drains, retried until launchd says it is gone."""
+        uid = os.getuid()
+        domains = dict.fromkeys([self.domain, f"gui/{uid}", f"user/{uid}"])
+        return [
+            self._ctl(
+                "bootout",
+                f"{domain}/{self.label}",
+                ok_codes=NOT_LOADED,
+                retry_codes=IN_PROGRESS,
+                attempts=self.stop_timeout * 2,
+            )
+            for domain in domains
+        ]
 
     def _bootstrap(self, path: Path) -> list[Command]:
         # Enable first: launchd refuses to bootstrap a disabled label (5 or 119), whatever made it so.
@@ -309,17 +354,8 @@ class Launchd(Manager):
     def plan(self, verb: Verb, force: bool = False) -> Plan:
         if verb == "install":
             path, other = self.path(), ({self.login_path(), self.manual_path()} - {self.path()}).pop()
-            guarded = guarded_folder(install_location(), self.user_home)
-            warnings = (
-                (
-                    f"mlx-serve is installed under ~/{guarded}, which macOS's privacy controls keep from programs "
-                    "launchd starts: the service would fail to import and restart over and over. Move the "
-                    "install (the clone and its .venv) elsewhere, e.g. ~/mlx-serve, and install the service again.",
-                )
-                if guarded
-                else ()
-            )
-            commands = [self._bootout()]  # the old definition goes first: the new file is what launchd runs
+            warnings = tuple(guarded_paths(self.settings, self.user_home))
+            commands = [*self._bootouts()]  # the old definition goes first: the new file is what launchd runs
             commands += (
                 self._bootstrap(path) if self.settings.service.auto_start else [self._ctl("enable", self.target)]
             )
@@ -331,12 +367,12 @@ class Launchd(Manager):
                 warnings=warnings,
             )
         if verb == "uninstall":
-            return Plan([self._bootout()], remove=(self.login_path(), self.manual_path()))
+            return Plan(self._bootouts(), remove=(self.login_path(), self.manual_path()))
         if verb == "start":
             return Plan(self._bootstrap(self.installed_path()), make_dirs=(self.log().parent,))
         if verb == "stop":
             kill = [self._ctl("kill", "SIGKILL", self.target, may_fail=True)] if force else []
-            return Plan([*kill, self._bootout()])
+            return Plan([*kill, *self._bootouts()])
         if verb == "status":
             return Plan([self._ctl("print", self.target, may_fail=True)])
         # enable / disable: start at login or not, by where the plist lives. Neither starts nor stops it.
