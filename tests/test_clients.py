@@ -200,3 +200,56 @@ def test_langchain_cohere_rerank_and_embeddings(server: ServerProcess) -> None:
     assert [r["relevance_score"] for r in ranked] == pytest.approx([ours[r["index"]] for r in ranked], abs=1e-6)
     embeddings = CohereEmbeddings(base_url=server.url, cohere_api_key=KEY, model=MINILM)
     assert cosine(np.array(embeddings.embed_documents(TEXTS)), our_vectors(server, TEXTS)).min() >= 0.9999
+
+
+# -- Ollama, TEI and Voyage: their own clients, pointed at this server as each documents -------------------
+def test_ollama_client_embeds_and_reads_ps_and_show(server: ServerProcess) -> None:
+    import ollama
+
+    client = ollama.Client(host=server.url, headers={"Authorization": f"Bearer {KEY}"})
+    ours = our_vectors(server, TEXTS)
+    answer = client.embed(model=MINILM, input=TEXTS)
+    assert cosine(np.array(answer.embeddings), ours).min() > 0.999999
+    assert answer.prompt_eval_count and answer.prompt_eval_count > 0
+    latest = client.embed(model=f"{MINILM}:latest", input=TEXTS[0])  # name:latest means name
+    assert cosine(np.array(latest.embeddings), ours[:1]).min() > 0.999999
+    legacy = client.embeddings(model=MINILM, prompt=TEXTS[1])
+    assert cosine(np.array([legacy.embedding]), ours[1:2]).min() > 0.999999
+    loaded = {m.model: m for m in client.ps().models}
+    assert MINILM in loaded and loaded[MINILM].size and loaded[MINILM].size_vram is not None
+    shown = client.show(MINILM)
+    assert shown.modelinfo is not None and "embedding" in (shown.capabilities or [])
+    assert MINILM in {m.model for m in client.list().models}
+    with pytest.raises(ollama.ResponseError) as refused:
+        client.embed(model="no-such-model", input="x")
+    assert refused.value.status_code == 404 and "no-such-model" in refused.value.error
+
+
+def test_huggingface_hub_inference_client_speaks_tei(server: ServerProcess) -> None:
+    from huggingface_hub import InferenceClient
+
+    client = InferenceClient(base_url=server.url, api_key=KEY)
+    ours = our_vectors(server, TEXTS)
+    vectors = np.array([client.feature_extraction(text) for text in TEXTS]).reshape(len(TEXTS), -1)
+    assert cosine(vectors, ours).min() > 0.999999
+
+
+def test_voyage_client_gets_the_dimensions_and_dtype_it_asks_for(server: ServerProcess) -> None:
+    import voyageai
+
+    client = voyageai.Client(api_key=KEY, base_url=server.url + "/v1")
+    ours = our_vectors(server, TEXTS)
+    full = np.array(client.embed(TEXTS, model=MINILM).embeddings)
+    assert cosine(full, ours).min() > 0.999999
+    short = np.array(client.embed(TEXTS, model=MINILM, output_dimension=128).embeddings)
+    assert short.shape == (len(TEXTS), 128)
+    quantized = np.array(client.embed(TEXTS, model=MINILM, output_dtype="int8").embeddings)
+    # sentence-transformers' int8 of the same vectors (as on Cohere's routes), not float bytes read as int8
+    from sentence_transformers.util.quantization import quantize_embeddings
+
+    ranges = np.array([[-1.0] * ours.shape[1], [1.0] * ours.shape[1]])
+    assert np.array_equal(quantized, quantize_embeddings(ours, "int8", ranges=ranges).astype(np.int64))
+    ranked = client.rerank(QUERY, TEXTS, model="ce", top_k=2)
+    assert len(ranked.results) == 2
+    scores = our_scores(server, "ce", QUERY, TEXTS)
+    assert all(abs(r.relevance_score - scores[r.index]) < 1e-6 for r in ranked.results)

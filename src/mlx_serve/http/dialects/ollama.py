@@ -347,8 +347,10 @@ class ShowResource(Resource):
             f"{info.get('family')}.embedding_length": info.get("dimensions"),
             f"{info.get('family')}.context_length": info.get("max_length"),
         }
+        ours = {k: v for k, v in info.items() if k != "parameters"}  # Ollama's `parameters` is Modelfile text
         resp.media = {
-            **info,
+            **ours,
+            "parameter_count": info.get("parameters"),
             "details": details(info),
             "model_info": model_info,
             "capabilities": CAPABILITIES[info["type"]],
