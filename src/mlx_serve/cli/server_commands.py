@@ -222,7 +222,7 @@ def cmd_service(args: argparse.Namespace, loaded: LoadedSettings) -> int:
         return 2
     settings, home = loaded.settings, home_dir()
     manager = service.manager_for(platform_name, settings, settings.port, Path.home(), home)
-    code = service.carry_out(manager.plan(args.verb, force=getattr(args, "force", False)), args.dry_run)
+    code = service.carry_out(manager.plan(args.verb), args.dry_run)
     if args.verb == "status" and not args.dry_run:
         row = status_row(lifecycle.inspect(home, settings.port))
         print(

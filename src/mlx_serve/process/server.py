@@ -56,8 +56,8 @@ class Server(BaseApplication):
             "worker_class": "mlx_serve.process.worker.Worker",
             "threads": s.threads,
             "graceful_timeout": s.graceful_timeout,
-            # The worker heartbeats from its main loop while requests run on threads, and from a thread of
-            # its own while it boots (preloads: see Worker.load_wsgi).
+            # The worker heartbeats from its main loop while requests run on threads; preloads run on a
+            # thread of their own after it listens (Server._preload), so nothing blocks the heartbeat.
             "timeout": 120,
             "keepalive": 5,
             "loglevel": s.log_level,

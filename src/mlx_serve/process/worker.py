@@ -39,7 +39,7 @@ from gunicorn import util
 from gunicorn.workers.gthread import ThreadWorker
 
 # The master imports this module: nothing here imports MLX.
-from mlx_serve.core.errors import PreloadError, for_status
+from mlx_serve.core.errors import for_status
 from mlx_serve.http.dialects import error_response
 from mlx_serve.process.framing import Frame, frame, request_line
 
@@ -162,8 +162,6 @@ class Worker(ThreadWorker):
             super().init_process()  # serves until a stop; a boot error propagates to gunicorn's handling
         except SystemExit as exc:  # SIGINT/SIGQUIT: gunicorn's quick stop
             self.app.exit_worker(exc.code if isinstance(exc.code, int) else 1)
-        except PreloadError:  # logged (preload_failed) in one line: no traceback, no bare line from gunicorn
-            self.app.exit_worker(BOOT_ERROR)
         self.app.exit_worker(0)
 
     def handle_exit(self, sig: int, frame: Any) -> None:

@@ -76,7 +76,11 @@ class Runtime:
         self.metrics = metrics
         self.cl100k = Cl100kDecoder()
         self.scheduler = Scheduler(
-            batch_tokens(settings.max_batch_tokens), settings.max_queued_requests, metrics, on_idle=memory.release_cache
+            batch_tokens(settings.max_batch_tokens),
+            settings.max_queued_requests,
+            metrics,
+            on_idle=memory.release_cache,
+            idle_after=memory.IDLE_RELEASE_SECONDS,
         )
         self.cache = ModelCache(
             {
