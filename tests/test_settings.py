@@ -210,3 +210,11 @@ def test_keep_alive_takes_durations_and_its_old_name_with_a_warning(
     assert load_settings().settings.keep_alive == 600
     with pytest.raises(SettingsError, match="keep_alive"):
         load_settings(cli={"keep_alive": "5x"})
+
+
+@pytest.mark.process
+def test_an_old_setting_name_is_named_on_every_command(home: Path) -> None:
+    write_config(home, "cache_ttl_seconds: 120\n")
+    out = run_cli(home, "config", "--json")
+    assert out.returncode == 0 and "cache_ttl_seconds is now called keep_alive" in out.stderr
+    assert json.loads(out.stdout)["keep_alive"]["value"] == 120

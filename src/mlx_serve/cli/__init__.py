@@ -41,6 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mlx-serve: {args.command}: not done: fix the settings above.", file=sys.stderr)
         # start: a code the service units list as not worth a restart
         return for_the_manager(args.command, EXIT_SETTINGS) if args.command == "start" else EXIT_CONFIG
+    for warning in loaded.warnings:  # an old setting name that still works, for one release
+        print(f"mlx-serve: {warning}", file=sys.stderr)
     try:
         try:
             code = int(args.func(args, loaded) or 0)
