@@ -18,6 +18,7 @@ SHA = "0123456789abcdef0123456789abcdef01234567"
 class FakeHub:
     def __init__(self) -> None:
         self.repos: dict[str, Path] = {}
+        self.shas: dict[str, str] = {}  # each repo's commit (a new one: the repo moved on)
         self.downloads: Counter[str] = Counter()  # full GETs of each file
         self.cuts: Counter[str] = Counter()  # GETs of a file still to stop half-way, as a dropped connection does
         self.hold: threading.Event | None = None  # set it: downloads wait until it is set (a slow network)
@@ -41,8 +42,9 @@ class FakeHub:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
-    def add(self, repo_id: str, directory: Path) -> None:
+    def add(self, repo_id: str, directory: Path, sha: str = SHA) -> None:
         self.repos[repo_id] = directory
+        self.shas[repo_id] = sha
 
     def close(self) -> None:
         self.server.shutdown()
@@ -70,7 +72,7 @@ class FakeHub:
             root = self.repos[repo_id]
             if parts[4:5] in ([], ["revision"]):
                 siblings = [{"rfilename": str(p.relative_to(root))} for p in self._files(repo_id)]
-                return self._json(h, {"id": repo_id, "sha": SHA, "siblings": siblings})
+                return self._json(h, {"id": repo_id, "sha": self.shas[repo_id], "siblings": siblings})
             if parts[4:5] == ["tree"]:
                 return self._json(
                     h,
@@ -95,7 +97,7 @@ class FakeHub:
             if (rng := h.headers.get("Range", "")).startswith("bytes="):
                 start = int(rng[6:].split("-")[0] or 0)
             h.send_response(206 if start else 200)
-            h.send_header("X-Repo-Commit", SHA)
+            h.send_header("X-Repo-Commit", self.shas.get(repo_id, SHA))
             h.send_header("ETag", f'"{hashlib.sha1(data).hexdigest()}"')
             h.send_header("Content-Length", str(len(data) - start))
             h.end_headers()

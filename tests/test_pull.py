@@ -167,6 +167,21 @@ def test_offline_pulls_come_from_the_local_hugging_face_cache(home: Path, hub: F
 
 
 @pytest.mark.process
+def test_a_hub_repo_that_moved_on_is_updated_by_pulling_again(home: Path, hub: FakeHub, tmp_path: Path) -> None:
+    """Pulled again at the same commit: nothing downloaded; after a new commit: the new weights."""
+    assert cli(home, "pull", "acme/Tiny-CrossEncoder", "--name", "ce").returncode == 0
+    first = json.loads((models_dir(home) / "ce" / "mlx-serve.json").read_text())
+    again = cli(home, "pull", "acme/Tiny-CrossEncoder", "--name", "ce")
+    assert again.returncode == 0 and "already pulled" in again.stdout
+    assert hub.downloads["model.safetensors"] == 1
+    hub.add("acme/Tiny-CrossEncoder", tiny_models.bert_cross_encoder(tmp_path / "ce2", seed=99), sha="f" * 40)
+    updated = cli(home, "pull", "acme/Tiny-CrossEncoder", "--name", "ce")
+    assert updated.returncode == 0 and "already pulled" not in updated.stdout
+    second = json.loads((models_dir(home) / "ce" / "mlx-serve.json").read_text())
+    assert second["revision"] == "f" * 40 and second["digest"] != first["digest"]
+
+
+@pytest.mark.process
 def test_concurrent_pulls_of_one_model_do_the_work_once(home: Path, hub: FakeHub) -> None:
     with ThreadPoolExecutor(3) as pool:
         results = list(pool.map(lambda _: cli(home, "pull", "acme/Tiny-Reranker"), range(3)))

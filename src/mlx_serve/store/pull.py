@@ -83,12 +83,24 @@ def pull(
                 f"{name!r} is {what}; pulling {source} under that name would replace it for every client. "
                 "Choose another name (--name), or pass --replace to replace it"
             )
+        same_form = (
+            existing is not None
+            and existing.get("quantization") == quantize
+            and (type is None or existing.get("type") == type)
+        )
         download = store.scratch("download", name)
         try:
             revision, boundary = None, None
             if repo_id is not None:
                 report(Progress("pulling manifest"))
-                local, revision = _download(repo_id, download, report, show_bars, store.root)
+                have = existing.get("revision") if same_form and existing else None
+                fetched, revision = _download(repo_id, download, report, show_bars, store.root, have)
+                if fetched is None:  # the repo has not moved since it was pulled
+                    report(Progress("success"))
+                    entry = store.get(name)
+                    assert entry is not None
+                    return entry, False
+                local = fetched
                 if local != download:  # a snapshot of the Hugging Face cache links into the repo's blobs
                     boundary = local.parents[1]
             # Pulling again updates: only files identical to those stored last time (and the same
@@ -96,12 +108,7 @@ def pull(
             # weights change in place, and a hub repo moves on.
             report(Progress("verifying sha256 digest"))
             fresh = model_files.digest(local)
-            if (
-                existing
-                and existing.get("source_digest") == fresh
-                and existing.get("quantization") == quantize
-                and (type is None or existing.get("type") == type)
-            ):
+            if same_form and existing and existing.get("source_digest") == fresh:
                 report(Progress("success"))
                 entry = store.get(name)
                 assert entry is not None
@@ -126,8 +133,11 @@ def pull(
         return entry, True
 
 
-def _download(repo_id: str, target: Path, report: Report, show_bars: bool, store_root: Path) -> tuple[Path, str | None]:
-    """The repo's files in a local folder, and the revision pulled (offline: the cached snapshot's)."""
+def _download(
+    repo_id: str, target: Path, report: Report, show_bars: bool, store_root: Path, have: str | None = None
+) -> tuple[Path | None, str | None]:
+    """The repo's files in a local folder, and the revision pulled (offline: the cached snapshot's). No
+    folder when the repo is still at `have`, the revision stored: nothing to download."""
     from huggingface_hub import HfApi, constants, snapshot_download
     from tqdm.auto import tqdm
 
@@ -156,6 +166,8 @@ def _download(repo_id: str, target: Path, report: Report, show_bars: bool, store
         if sizes and all(size is not None for size in sizes):
             model_files.check_free_space(store_root, sum(sizes))  # before a byte is downloaded
         revision = info.sha
+        if have is not None and revision == have:
+            return None, revision
         snapshot_download(repo_id, revision=revision, local_dir=target, allow_patterns=HUB_FILES, tqdm_class=Reporting)
     except model_files.RefusedFolder as exc:
         raise StoreError(str(exc)) from None
