@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -414,3 +415,19 @@ def test_pulling_again_updates_a_model_whose_files_changed(make_app, tmp_path: P
     assert pull()[-1] == {"status": "success"}
     assert app.runtime.store.metadata("ce")["source_digest"] != stored["source_digest"]
     assert abs(score() - before) > 0.01  # the running server serves the new weights
+
+
+@pytest.mark.process
+def test_remove_without_port_goes_through_the_only_running_server(home: Path, repos, start_server) -> None:
+    """As ps and unload do: the server on another port than the settings' must unload what is removed."""
+    assert cli(home, "pull", str(repos["acme/Tiny-Embedding"]), "--name", "emb").returncode == 0
+    server = start_server()  # on a free port, not the settings' 8000
+    body = json.dumps({"model": "emb", "input": "x"}).encode()
+    request = urllib.request.Request(server.url + "/v1/embeddings", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as resp:
+        assert resp.status == 200
+    removed = cli(home, "remove", "emb")
+    assert removed.returncode == 0, removed.stderr
+    with urllib.request.urlopen(server.url + "/api/ps", timeout=10) as resp:
+        assert "emb" not in [m["name"] for m in json.load(resp)["models"]]
+    assert not (models_dir(home) / "emb").exists()

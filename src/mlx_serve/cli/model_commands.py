@@ -123,8 +123,9 @@ def cmd_show(args: argparse.Namespace, loaded: LoadedSettings) -> int:
 
 def cmd_remove(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     settings = loaded.settings
-    server = _running_server(settings, timeout=settings.request_timeout + 10)
     try:
+        # Without --port, also the only server running (as ps and unload find it): it must unload the model.
+        server = _running_server(settings, settings.request_timeout + 10, port_given=args.port is not None)
         if server is not None:  # the server unloads it after its in-flight requests, then deletes it
             server.delete("/api/delete", {"name": args.name})
         else:
