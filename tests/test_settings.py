@@ -133,6 +133,9 @@ def test_config_prints_a_table_with_origins(home: Path) -> None:
     assert out.returncode == 0
     line = next(line for line in out.stdout.splitlines() if line.startswith("log_level"))
     assert '"debug"' in line and "env MLX_SERVE_LOG_LEVEL" in line
+    rows = {line.split()[0]: line.split()[1] for line in out.stdout.splitlines() if line.strip()}
+    # As the README's table writes them, not as parsed (null, 1800).
+    assert rows["max_batch_tokens"] == rows["mlx_memory_limit"] == '"auto"' and rows["keep_alive"] == '"30m"'
 
 
 @pytest.mark.process

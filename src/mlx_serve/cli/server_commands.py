@@ -29,7 +29,11 @@ def cmd_config(args: argparse.Namespace, loaded: LoadedSettings) -> int:
         return 0
     width = max(len(k) for k in values)
     for key, value in values.items():
-        print(f"{key:<{width}}  {json.dumps(value):<24}  {loaded.origins.get(key, 'defaults')}")
+        # As written where written ("auto", "10MiB", "30m"), not as parsed (null, 10485760, 1800).
+        raw = loaded.values.get(key)
+        written = isinstance(raw, str) and raw and key != "api_key" and not isinstance(value, str)
+        shown = json.dumps(raw if written else value)
+        print(f"{key:<{width}}  {shown:<24}  {loaded.origins.get(key, 'defaults')}")
         if key in loaded.invalid:
             bad, origin = loaded.invalid[key]
             print(f"{'':<{width}}  invalid: {json.dumps(bad, default=str)} from {origin}")
