@@ -122,3 +122,4 @@ def test_a_network_bind_without_a_key_warns_what_is_exposed(start_server) -> Non
     assert server.stop() == 0
     (warning,) = [line for line in server.logs() if line["event"] == "exposed_without_api_key"]
     assert "pull models" in warning["exposed"] and warning["level"] == "warning"
+    assert "warning: 0.0.0.0 with no api_key" in server.log.read_text()  # in start's own output too

@@ -67,6 +67,12 @@ def cmd_start(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     refused = _refuse_if_taken(settings, home)
     if refused is not None:
         return refused
+    if not settings.loopback and settings.resolved_api_key() is None:  # the log says it too (server.py)
+        print(
+            f"mlx-serve: warning: {settings.host} with no api_key: anyone who can reach port {settings.port} can "
+            "embed, pull models into the store and delete them; set api_key (or api_key_file), or bind 127.0.0.1",
+            file=sys.stderr,
+        )
     if args.foreground:
         from mlx_serve.process.server import serve
 

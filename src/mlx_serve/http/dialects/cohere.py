@@ -205,7 +205,7 @@ class RerankResource(Resource):
             max_tokens_per_doc=request.max_tokens_per_doc,
             keep_alive=request.keep_alive,
         )
-        with inputs_in("documents"):
+        with inputs_in("documents", "max_tokens_per_doc"):
             ranking = self.service.rerank(intent)
         served(req, ranking.model, ranking.tokens)
         resp.media = {
