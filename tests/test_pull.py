@@ -330,6 +330,7 @@ def test_a_name_that_means_another_model_is_taken_only_with_replace(home: Path, 
     folder = str(repos["acme/Tiny-CrossEncoder"])
     out = cli(home, "pull", folder, "--name", MINILM)
     assert out.returncode == 1 and "the built-in model" in out.stderr and "--replace" in out.stderr
+    assert '"replace": true on /api/pull' in out.stderr  # the HTTP field too, for /api/pull users
     listed = json.loads(cli(home, "list", "--json").stdout)
     assert [m["type"] for m in listed if m["name"] == MINILM] == ["embedding"]
 

@@ -81,7 +81,8 @@ def pull(
             what = current if current == BUILTIN else f"the model pulled from {current}"
             raise StoreError(
                 f"{name!r} is {what}; pulling {source} under that name would replace it for every client. "
-                "Choose another name (--name), or pass --replace to replace it"
+                'Choose another name (--name; "as" on /api/pull), '
+                'or replace it (--replace; "replace": true on /api/pull)'
             )
         same_form = (
             existing is not None
