@@ -173,3 +173,13 @@ def test_the_prometheus_job_scrapes_every_node_with_a_node_label(home: Path) -> 
     assert bad.returncode == 2 and "HOST:PORT" in bad.stderr
     none = run_cli(home, "cluster", "render", "haproxy")
     assert none.returncode == 2 and "--node" in none.stderr
+
+
+def test_a_node_name_that_does_not_resolve_does_not_stop_haproxy(home: Path, tmp_path: Path) -> None:
+    """docs/scale-out.md names nodes (mac1.lan): where one does not resolve, HAProxy must still start."""
+    config = tmp_path / "haproxy.cfg"
+    nodes = ["--node", "127.0.0.1:18001", "--node", "no-such-node.invalid:8000"]
+    out = run_cli(home, "cluster", "render", "haproxy", "--output", str(config), *nodes, env=CHECK)
+    assert out.returncode == 0, out.stderr
+    check = subprocess.run([HAPROXY, "-c", "-f", str(config)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -162,7 +162,11 @@ def test_settings_changes_show_up_in_both_files(home: Path, recorder, macos) -> 
     assert out.returncode == 0
     values = unit_values(unit_file(home).read_text())
     assert values["Restart"] == ["no"] and values["RestartSec"] == ["9"] and values["TimeoutStopSec"] == ["65"]
-    assert "systemctl --user enable mlx-serve@8124.service" in calls
+    # auto_start: enabled, and started now (restart starts a stopped unit), as the plist is on macOS
+    assert calls[1:] == [
+        "systemctl --user enable mlx-serve@8124.service",
+        "systemctl --user restart mlx-serve@8124.service",
+    ]
 
     code, *_ = macos("install", "--port", "8124")
     assert code == 0

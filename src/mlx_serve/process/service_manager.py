@@ -210,7 +210,9 @@ class Systemd(Manager):
         if verb == "install":
             commands = [self._ctl("daemon-reload")]
             commands.append(self._ctl("enable" if self.settings.service.auto_start else "disable", unit))
-            commands.append(self._ctl("try-restart", unit))  # a running service picks up new settings
+            # With auto_start it runs from now on, as on macOS (restart: starts it, or picks up new settings);
+            # without, a running one picks up the new settings and a stopped one stays stopped.
+            commands.append(self._ctl("restart" if self.settings.service.auto_start else "try-restart", unit))
             return Plan(commands, write=(self.path(), self.render()))
         if verb == "uninstall":
             # The template serves every port: it goes only with the last instance that uses it.
