@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -539,3 +541,17 @@ def test_a_battery_of_bad_requests_gets_no_5xx_and_no_hang(server: ServerProcess
     assert not failed and served[200] > 0
     assert embed(server) == 200
     assert statuses[400] > 150
+
+
+def test_loading_the_decoder_families_keeps_the_open_files_limit() -> None:
+    """mlx-lm sets RLIMIT_NOFILE to (2048, 4096) when imported, the hard limit for good: a server that
+    holds a connection per file would then refuse clients past 2048. Importing our decoders keeps ours."""
+    code = (
+        "import resource\n"
+        "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (8192, hard))\n"
+        "import mlx_serve.engine.families.decoder\n"
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE) == (8192, hard))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "True", done.stdout + done.stderr[-2000:]

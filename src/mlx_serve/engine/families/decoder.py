@@ -15,7 +15,25 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.utils import _get_classes, load_model
+
+
+def _import_mlx_lm_utils() -> Any:
+    """mlx_lm.utils, without what it does at import: `resource.setrlimit(RLIMIT_NOFILE, (2048, 4096))`,
+    which would lower the server's open-files limit (one per connection, process/server.py raises it to
+    8192), its hard limit for good."""
+    import resource
+
+    real = resource.setrlimit
+    resource.setrlimit = lambda *args, **kwargs: None  # type: ignore[assignment]
+    try:
+        import mlx_lm.utils as utils
+    finally:
+        resource.setrlimit = real
+    return utils
+
+
+_mlx_lm = _import_mlx_lm_utils()
+_get_classes, load_model = _mlx_lm._get_classes, _mlx_lm.load_model
 
 
 def _classes_for_any_checkpoint(config: dict) -> tuple[type[nn.Module], type]:
