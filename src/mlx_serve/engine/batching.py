@@ -12,10 +12,13 @@ import bisect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import mlx.core as mx
 import numpy as np
+
+if TYPE_CHECKING:
+    from mlx_serve.engine.tokenizer import TextTokenizer
 
 PaddingSide = Literal["right", "left"]
 # (ids, type_ids, mask, padded) -> one output row per sequence, (B, ...)
@@ -224,3 +227,27 @@ class BatchRunner:
         with mx.stream(stream):
             out = self.head(mx.array(ids), mx.array(type_ids), mx.array(mask), padded).astype(mx.float32)
         return out[: len(seqs)] if rows != len(seqs) else out
+
+
+class RunnerModel:
+    """What a model that runs through a BatchRunner shares (rerankers, classifiers): its name, tokenizer,
+    runner and weights (`arrays`, for its size)."""
+
+    def __init__(
+        self, name: str, tokenizer: TextTokenizer, runner: BatchRunner, arrays: Callable[[], list[mx.array]]
+    ) -> None:
+        self.name = name
+        self.tokenizer = tokenizer
+        self.runner = runner
+        self.arrays = arrays
+
+    @property
+    def max_length(self) -> int:
+        return self.tokenizer.max_length
+
+    @property
+    def streams(self) -> list[mx.Stream]:
+        return self.runner.streams
+
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays())

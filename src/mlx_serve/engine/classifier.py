@@ -11,7 +11,7 @@ import mlx.core as mx
 import numpy as np
 
 from mlx_serve.core.types import Truncation
-from mlx_serve.engine.batching import BatchRunner, Seq
+from mlx_serve.engine.batching import BatchRunner, RunnerModel, Seq
 from mlx_serve.engine.tokenizer import TextTokenizer
 
 
@@ -28,7 +28,7 @@ def logits_head(classifier: Callable[..., mx.array]) -> Callable[..., mx.array]:
     return head
 
 
-class Classifier:
+class Classifier(RunnerModel):
     type = "classifier"
 
     def __init__(
@@ -40,23 +40,9 @@ class Classifier:
         labels: tuple[str, ...],
         multi_label: bool,
     ) -> None:
-        self.name = name
-        self.tokenizer = tokenizer
-        self.runner = runner
-        self.arrays = arrays
+        super().__init__(name, tokenizer, runner, arrays)
         self.labels = labels
         self.multi_label = multi_label
-
-    @property
-    def max_length(self) -> int:
-        return self.tokenizer.max_length
-
-    @property
-    def streams(self) -> list[mx.Stream]:
-        return self.runner.streams
-
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.arrays())
 
     def tokenize(self, inputs: Sequence[str | tuple[str, str]], truncate: bool | Truncation = True) -> list[Seq]:
         """Texts, or pairs of texts (as cross-encoders take them), in order."""

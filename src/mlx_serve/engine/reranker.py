@@ -18,9 +18,8 @@ import numpy as np
 
 from mlx_serve.core.errors import InvalidRequest
 from mlx_serve.core.types import Truncation
-from mlx_serve.engine.batching import BatchRunner, Seq
+from mlx_serve.engine.batching import RunnerModel, Seq
 from mlx_serve.engine.embedder import Embedder
-from mlx_serve.engine.tokenizer import TextTokenizer
 
 Arrays = Callable[[], list[mx.array]]
 
@@ -29,27 +28,10 @@ def sigmoid(raw: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-raw.astype(np.float64)))).astype(np.float32)
 
 
-class Reranker:
+class Reranker(RunnerModel):
     """Base: pairs -> sequences -> one raw score per sequence through the batch runner."""
 
     type = "reranker"
-
-    def __init__(self, name: str, tokenizer: TextTokenizer, runner: BatchRunner, arrays: Arrays) -> None:
-        self.name = name
-        self.tokenizer = tokenizer
-        self.runner = runner
-        self._arrays = arrays
-
-    @property
-    def max_length(self) -> int:
-        return self.tokenizer.max_length
-
-    @property
-    def streams(self) -> list[mx.Stream]:
-        return self.runner.streams
-
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self._arrays())
 
     def tokenize(
         self, query: str, documents: Sequence[str], instruction: str | None, truncate: bool | Truncation
