@@ -92,6 +92,37 @@ def test_sigint_stops_cleanly_and_removes_the_pid_file(server: ServerProcess, ho
     assert "terminate called" not in server.log.read_text()
 
 
+def test_a_quick_stop_during_a_hand_over_to_a_thread_does_not_deadlock() -> None:
+    """Ctrl-C hung 1 stop in 4 under load: gthread's SIGINT handler shut the thread pool down, taking the
+    lock that the interrupted event loop held inside the pool's submit. Here the handler runs while that
+    lock is held, as it did then; it must end the worker at once."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    from mlx_serve.process.worker import Worker
+
+    worker = Worker.__new__(Worker)  # only what the handler touches: no process, no sockets
+    worker.alive = True
+    worker.app = SimpleNamespace(cfg=SimpleNamespace(worker_int=lambda w: None))
+    worker.tpool = ThreadPoolExecutor(2)
+    outcome: list[BaseException] = []
+
+    def interrupted_submit() -> None:
+        with worker.tpool._shutdown_lock:  # what submit holds while it starts a thread
+            try:
+                worker.handle_quit(signal.SIGINT, None)
+            except BaseException as exc:
+                outcome.append(exc)
+
+    thread = threading.Thread(target=interrupted_submit, daemon=True)
+    thread.start()
+    thread.join(5)
+    assert not thread.is_alive(), "the quick-stop handler deadlocked on the thread pool's lock"
+    assert isinstance(outcome[0], SystemExit) and worker.alive is False
+    worker.tpool.shutdown()
+
+
 def test_ready_is_503_while_draining_and_requests_are_still_served(start_server) -> None:
     """A graceful stop turns /ready to 503 at once and goes on serving for drain_seconds, so a load
     balancer's checks take the node out before it stops accepting."""

@@ -27,6 +27,7 @@ import functools
 import selectors
 import socket
 import struct
+import sys
 import threading
 import time
 import weakref
@@ -163,6 +164,15 @@ class Worker(ThreadWorker):
         except SystemExit as exc:  # SIGINT/SIGQUIT: gunicorn's quick stop
             self.app.exit_worker(exc.code if isinstance(exc.code, int) else 1)
         self.app.exit_worker(0)
+
+    def handle_quit(self, sig: int, frame: Any) -> None:
+        """SIGINT/SIGQUIT, a quick stop. gthread's own shuts its thread pool down here, in the signal
+        handler: when the signal lands while the event loop is inside the pool's submit, which holds the
+        same lock, the worker deadlocks and Ctrl-C hangs until the master kills it (1 stop in 4 under
+        load). Nothing here takes a lock: the worker ends in exit_worker, which never needs the pool."""
+        self.alive = False
+        self.app.cfg.worker_int(self)
+        sys.exit(0)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         """SIGTERM, a graceful stop: /ready turns 503 at once, and the worker goes on serving for
