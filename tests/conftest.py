@@ -31,6 +31,8 @@ from mlx_serve.serving.runtime import Runtime
 from mlx_serve.settings import Settings, load_settings
 from mlx_serve.store.store import ModelStore, builtin_model_dir
 
+from .fake_service import FakeService
+
 # Process-wide fast paths, once, as the server sets them at start (cpu/__init__.py).
 cpu.configure(stream_count())
 
@@ -221,6 +223,37 @@ def make_app(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[.
     yield make
     for app in apps:
         app.runtime.close()
+
+
+# -- the app over a fake service: every route, schema, error shape and check, without MLX ----------------
+@dataclass
+class FakeApp:
+    client: testing.TestClient
+    service: FakeService
+    settings: Settings
+    metrics: Metrics
+
+
+def build_fake_app(monkeypatch: pytest.MonkeyPatch, **env: str) -> FakeApp:
+    """The real app (every dialect, middleware, security check) over tests/fake_service.py, its settings
+    taking these values as MLX_SERVE_* environment variables."""
+    for key, value in env.items():
+        monkeypatch.setenv(f"MLX_SERVE_{key.upper()}", value)
+    settings = load_settings().settings
+    service, metrics = FakeService(), Metrics()
+    app = create_app(settings, service, metrics, max_batch_tokens=4096)
+    return FakeApp(testing.TestClient(app, headers={"Host": "localhost:8000"}), service, settings, metrics)
+
+
+@pytest.fixture
+def make_fake(home: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., FakeApp]:
+    """make_fake(**settings) -> an app over a fake service (see build_fake_app)."""
+    return lambda **env: build_fake_app(monkeypatch, **env)
+
+
+@pytest.fixture
+def fake(make_fake: Callable[..., FakeApp]) -> FakeApp:
+    return make_fake()
 
 
 @pytest.fixture(scope="module")

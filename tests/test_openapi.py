@@ -1,5 +1,6 @@
 """The OpenAPI document at /openapi.json, and schemathesis over every operation in it: generated valid and
-invalid requests must never get a 5xx, and every answer must match the document."""
+invalid requests must never get a 5xx, and every answer must match the document. The app runs over the
+fake service (tests/fake_service.py): what is checked here is the HTTP layer's, every dialect's."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from mlx_serve.http.openapi import OPERATIONS
 
-from .conftest import App, build_app
+from .conftest import FakeApp, build_fake_app
 
 EXAMPLES = int(os.environ.get("MLX_SERVE_TEST_EXAMPLES", "25"))
 CASES = [
@@ -27,11 +28,14 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def app(module_home) -> Iterator[App]:
+def app(module_home) -> Iterator[FakeApp]:
     with pytest.MonkeyPatch.context() as mp:
-        app = build_app(mp)
-        yield app
-        app.runtime.close()
+        yield build_fake_app(mp)
+
+
+@pytest.fixture(scope="module")
+def schema(app: FakeApp):
+    return schemathesis.openapi.from_wsgi("/openapi.json", app.client.app)
 
 
 @pytest.mark.parametrize(
@@ -39,8 +43,7 @@ def app(module_home) -> Iterator[App]:
     CASES,
     ids=[f"{m.upper()} {p} {'valid' if g.value == 'positive' else 'invalid'}" for m, p, g in CASES],
 )
-def test_no_request_gets_a_server_error(app: App, method: str, path: str, mode: GenerationMode) -> None:
-    schema = schemathesis.openapi.from_wsgi("/openapi.json", app.client.app)
+def test_no_request_gets_a_server_error(schema, method: str, path: str, mode: GenerationMode) -> None:
     operation = schema[path][method]
 
     @given(case=operation.as_strategy(generation_mode=mode))

@@ -1,5 +1,5 @@
 """Who may drive the server: the API key, browser origins (CORS), Host names (DNS rebinding), and what
-an HTTP client learns of this machine's paths."""
+an HTTP client learns of this machine's paths. The checks are the app's: they run over the fake service."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 
 from .conftest import MINILM, run_cli
+from .fake_service import EMBEDDER
 
 
 def embed(client, headers: dict | None = None):
-    return client.simulate_post("/v1/embeddings", json={"model": MINILM, "input": "hi"}, headers=headers or {})
+    return client.simulate_post("/v1/embeddings", json={"model": EMBEDDER, "input": "hi"}, headers=headers or {})
 
 
-def test_an_api_key_guards_every_route_but_health(make_app) -> None:
-    client = make_app(api_key="s3cret").client
+def test_an_api_key_guards_every_route_but_health(make_fake) -> None:
+    client = make_fake(api_key="s3cret").client
     refused = embed(client)
     assert refused.status_code == 401 and refused.json["error"]["code"] == "invalid_api_key"
     assert refused.json["error"]["type"] == "authentication_error"
@@ -31,33 +32,33 @@ def test_an_api_key_guards_every_route_but_health(make_app) -> None:
     assert client.simulate_get("/metrics").status_code == 200  # metrics_public is true by default
 
 
-def test_metrics_need_the_key_unless_public(make_app) -> None:
-    client = make_app(api_key="k", metrics_public="false").client
+def test_metrics_need_the_key_unless_public(make_fake) -> None:
+    client = make_fake(api_key="k", metrics_public="false").client
     assert client.simulate_get("/metrics").status_code == 401
     assert client.simulate_get("/metrics", headers={"Authorization": "Bearer k"}).status_code == 200
 
 
-def test_the_key_can_come_from_a_file(make_app, tmp_path: Path) -> None:
+def test_the_key_can_come_from_a_file(make_fake, tmp_path: Path) -> None:
     key_file = tmp_path / "key"
     key_file.write_text("from-a-file\n")
-    client = make_app(api_key_file=str(key_file)).client
+    client = make_fake(api_key_file=str(key_file)).client
     assert embed(client).status_code == 401
     assert embed(client, {"Authorization": "Bearer from-a-file"}).status_code == 200
 
 
-def test_an_unreadable_key_file_stops_start_up(make_app, tmp_path: Path) -> None:
+def test_an_unreadable_key_file_stops_start_up(make_fake, tmp_path: Path) -> None:
     from mlx_serve.settings import SettingsError
 
     with pytest.raises(SettingsError, match="api_key_file"):
-        make_app(api_key_file=str(tmp_path / "missing"))
+        make_fake(api_key_file=str(tmp_path / "missing"))
 
 
-def test_a_foreign_browser_origin_is_refused_even_for_simple_requests(make_app) -> None:
-    client = make_app().client
+def test_a_foreign_browser_origin_is_refused_even_for_simple_requests(make_fake) -> None:
+    client = make_fake().client
     # A text/plain POST: what any web page can send without a CORS preflight.
     result = client.simulate_post(
         "/api/unload",
-        body='{"name": "all-MiniLM-L6-v2"}',
+        body='{"name": "fake-embed"}',
         headers={"Origin": "https://evil.example", "Content-Type": "text/plain"},
     )
     assert result.status_code == 403 and result.json["code"] == "forbidden_origin"
@@ -65,8 +66,8 @@ def test_a_foreign_browser_origin_is_refused_even_for_simple_requests(make_app) 
     assert embed(client).status_code == 200  # no Origin: not a browser's cross-site request
 
 
-def test_allowed_origins_get_cors_headers_and_a_preflight(make_app) -> None:
-    client = make_app(allowed_origins="https://app.example").client
+def test_allowed_origins_get_cors_headers_and_a_preflight(make_fake) -> None:
+    client = make_fake(allowed_origins="https://app.example").client
     ok = embed(client, {"Origin": "https://app.example"})
     assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "https://app.example"
     preflight = client.simulate_options(
@@ -82,18 +83,18 @@ def test_allowed_origins_get_cors_headers_and_a_preflight(make_app) -> None:
     assert embed(client, {"Origin": "https://other.example"}).status_code == 403
 
 
-def test_dns_rebinding_is_refused_on_a_loopback_bind(make_app) -> None:
-    client = make_app().client
+def test_dns_rebinding_is_refused_on_a_loopback_bind(make_fake) -> None:
+    client = make_fake().client
     for host in ("localhost", "localhost:8000", "127.0.0.1:8000", "[::1]:8000", "api.localhost"):
         assert embed(client, {"Host": host}).status_code == 200, host
     rebound = embed(client, {"Host": "attacker.example:8000"})
     assert rebound.status_code == 403 and rebound.json["error"]["code"] == "forbidden_host"
-    proxied = make_app(allowed_hosts="embed.internal").client
+    proxied = make_fake(allowed_hosts="embed.internal").client
     assert embed(proxied, {"Host": "embed.internal"}).status_code == 200
 
 
-def test_a_network_bind_answers_any_host_name(make_app) -> None:
-    client = make_app(host="0.0.0.0").client
+def test_a_network_bind_answers_any_host_name(make_fake) -> None:
+    client = make_fake(host="0.0.0.0").client
     assert embed(client, {"Host": "my-mac.lan:8000"}).status_code == 200
 
 
