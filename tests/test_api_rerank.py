@@ -14,7 +14,7 @@ from mlx_serve.engine.families.qwen3 import DEFAULT_INSTRUCTION
 from mlx_serve.engine.families.qwen3 import QUERY_TEMPLATE as QWEN3_QUERY_TEMPLATE
 
 from . import tiny_models
-from .conftest import MINILM, hold_inference_thread, wait_for
+from .conftest import MINILM, build_app, hold_inference_thread, wait_for
 
 DOCS = [
     "The capital of China is Beijing.",
@@ -40,10 +40,13 @@ def make(make_app, model_dirs):
     return lambda **settings: make_app(models=model_dirs, **settings)
 
 
-@pytest.fixture
-def api(make):
-    app = make()
-    return app.client, app.runtime
+@pytest.fixture(scope="module")
+def api(module_home, model_dirs):
+    """One app for the tests that only ask (the models load once); `make` builds one with other settings."""
+    with pytest.MonkeyPatch.context() as mp:
+        app = build_app(mp, model_dirs)
+        yield app.client, app.runtime
+        app.runtime.close()
 
 
 def rerank(client, **body):
@@ -264,6 +267,40 @@ def test_a_request_past_its_deadline_is_a_503_and_never_runs(make) -> None:
     assert embed(client, input="on time").status_code == 200
     assert 'mlx_serve_tokens_total{model="qwen3-emb"}' in client.simulate_get("/metrics").text
     assert runtime.metrics.inputs.labels("qwen3-emb")._value.get() == 1  # only the request on time ran
+
+
+def test_a_queued_request_whose_client_has_gone_never_runs(make) -> None:
+    """The worker tells each request thread how to ask after its client (core/client.py); a request
+    still queued when its client goes is dropped, and the inference thread never runs it."""
+    import threading
+
+    from mlx_serve.core import client as connection
+    from mlx_serve.core.errors import ClientClosed
+    from mlx_serve.core.intents import EmbedIntent
+
+    runtime = make().runtime
+    runtime.embed(EmbedIntent("qwen3-emb", ["loads the model"]))
+    gone = threading.Event()
+    outcome: list[BaseException] = []
+
+    def request() -> None:
+        with connection.watch(gone.is_set):
+            try:
+                runtime.embed(EmbedIntent("qwen3-emb", ["left before its turn"]))
+            except ClientClosed as exc:
+                outcome.append(exc)
+
+    release = hold_inference_thread(runtime)
+    thread = threading.Thread(target=request)
+    thread.start()
+    wait_for(lambda: runtime.scheduler.queued()[0] == 1)
+    gone.set()
+    thread.join(5)
+    release.set()
+    assert outcome and outcome[0].status == 499
+    runtime.embed(EmbedIntent("qwen3-emb", ["on time"]))  # the inference thread goes on
+    assert runtime.metrics.inputs.labels("qwen3-emb")._value.get() == 2  # the one that left never ran
+    assert runtime.metrics.abandoned.labels("queued")._value.get() == 1
 
 
 def test_concurrent_requests_of_mixed_models_and_lengths_get_their_own_answers(api) -> None:

@@ -44,11 +44,12 @@ def test_texts_over_the_max_length_are_truncated(embedder) -> None:
     assert out.token_counts[1] == 3  # [CLS] short [SEP]
 
 
-def test_padded_batches_equal_each_text_alone(any_dtype) -> None:
-    dtype, embedder = any_dtype
+def test_padded_batches_equal_each_text_alone(embedder) -> None:
+    # In float32, where a leak of padding into a text's vector would show at 1e-5. The half-precision
+    # batches are checked against sentence-transformers itself (test_matches_sentence_transformers_...).
     together = embedder.embed(TEXTS, max_batch_tokens=1 << 20).vectors
     alone = np.stack([embedder.embed([t], max_batch_tokens=1 << 20).vectors[0] for t in TEXTS])
-    np.testing.assert_allclose(together, alone, atol=1e-5 if dtype == "float32" else 1e-3)
+    np.testing.assert_allclose(together, alone, atol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["mean", "cls", "last", "max"])

@@ -277,6 +277,35 @@ def test_slow_readers_hold_no_thread_and_are_closed_after_send_timeout(server: S
     assert closed and float(closed[0].rsplit(" ", 1)[1]) >= 70
 
 
+def scraped(server: ServerProcess, sample: str) -> float:
+    """One sample of the server's /metrics (0 when absent)."""
+    with urllib.request.urlopen(f"{server.url}/metrics", timeout=10) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(sample + " "):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_work_whose_client_has_gone_stops_and_the_next_request_is_served(server: ServerProcess) -> None:
+    """A 3.3 MB request whose client left after 2 s made a one-word request wait 111 s: the batches ran
+    on for nobody. Now the run stops before its next batch once its client has gone.
+
+    Reproduce: send a few MB of texts to /v1/embeddings, close the socket after a second, then time a
+    one-word request."""
+    sample = 'mlx_serve_abandoned_requests_total{stage="running"}'
+    before = scraped(server, sample)
+    texts = [f"text {i} " + "with many words to embed " * 40 for i in range(2000)]  # minutes of batches here
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.sendall(post_json("/v1/embeddings", {"model": MINILM, "input": texts}))
+    time.sleep(1.5)  # read in full and running by now
+    sock.close()
+    deadline = time.monotonic() + 30
+    while scraped(server, sample) < before + 1:
+        assert time.monotonic() < deadline, "the abandoned run went on"
+        time.sleep(0.2)
+    assert embed(server, "next") == 200
+
+
 def test_expect_100_continue_as_curl_sends_it(server: ServerProcess) -> None:
     body = json.dumps({"model": MINILM, "input": "x" * 2000}).encode()
     head = (

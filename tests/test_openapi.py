@@ -17,7 +17,7 @@ from mlx_serve.http.openapi import OPERATIONS
 
 from .conftest import FakeApp, build_fake_app
 
-EXAMPLES = int(os.environ.get("MLX_SERVE_TEST_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("MLX_SERVE_TEST_EXAMPLES", "15"))
 CASES = [
     (op.method, path, mode)
     for op in OPERATIONS

@@ -9,15 +9,17 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from mlx_serve.engine.verify import prepare
 from mlx_serve.store.pull import pull
 from mlx_serve.store.store import InvalidNameError, ModelStore, StoreError, validate_name
 
-from .conftest import MINILM
+from .conftest import MINILM, wait_for
 
 
 @pytest.fixture
@@ -124,6 +126,7 @@ def test_names_with_newlines_or_tildes_are_refused(name: str) -> None:
         validate_name(name)
 
 
+@pytest.mark.process  # /api/pull runs the pull in a child process
 def test_api_pull_errors_reach_the_client_as_one_sentence(make_app, folder: Path) -> None:
     (folder / "shadow.json").symlink_to("/etc/shadow")
     client = make_app().client
@@ -134,6 +137,7 @@ def test_api_pull_errors_reach_the_client_as_one_sentence(make_app, folder: Path
     assert json.loads(streamed.text.splitlines()[-1]) == {"error": once.json["error"]}
 
 
+@pytest.mark.process  # /api/pull runs the pull in a child process
 @pytest.mark.parametrize("source", ["--help", "-h", "--name=../../x"])
 def test_a_source_is_never_read_as_an_option(make_app, source: str) -> None:
     client = make_app().client
@@ -143,6 +147,7 @@ def test_a_source_is_never_read_as_an_option(make_app, source: str) -> None:
     assert "usage" not in answer.text
 
 
+@pytest.mark.process  # /api/pull runs the pull in a child process
 def test_a_pull_that_outlives_its_timeout_is_stopped(make_app, folder: Path, monkeypatch) -> None:
     # A folder on a very slow disk, as far as the pull can tell: a FIFO it would wait on forever is
     # refused, so a hang is made by the pull of a hub repo whose server never answers.
@@ -160,6 +165,63 @@ def test_a_pull_that_outlives_its_timeout_is_stopped(make_app, folder: Path, mon
     assert "stopped after 3 s" in answer.json["error"]
     assert time.monotonic() - started < 20
     silent.close()
+
+
+@pytest.fixture
+def silent_hub(monkeypatch) -> Iterator[None]:
+    """A hub whose server takes the connection and never answers: a pull from it hangs until stopped."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    yield
+    silent.close()
+
+
+def pull_children() -> list[psutil.Process]:
+    return [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if "pull" in p.cmdline() and p.status() != psutil.STATUS_ZOMBIE
+    ]
+
+
+@pytest.mark.process  # pulls run in a child process
+def test_pulls_have_a_limit_of_their_own_and_a_pull_whose_client_left_is_killed(make_app, silent_hub) -> None:
+    """64 concurrent pulls took all 64 request threads and kept /health down for 15 minutes, and a pull
+    went on after its client had gone. Now: at most max_concurrent_pulls, and a pull is cancelled (its
+    child killed) once its client has gone."""
+    import threading
+
+    from mlx_serve.core import client
+    from mlx_serve.core.errors import Overloaded
+    from mlx_serve.core.intents import PullIntent
+
+    runtime = make_app(max_concurrent_pulls="1").runtime
+    gone, lines = threading.Event(), []
+
+    def first() -> None:
+        with client.watch(gone.is_set):
+            lines.extend(runtime.pull(PullIntent("acme/slow")))
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    wait_for(lambda: len(pull_children()) == 1, timeout=30)
+    (child,) = pull_children()
+    with pytest.raises(Overloaded, match="max_concurrent_pulls"):
+        runtime.pull(PullIntent("acme/other"))
+    gone.set()
+    thread.join(10)
+    assert json.loads(lines[-1]) == {"error": "the pull was cancelled: its client went away"}
+    child.wait(10)  # raises if it is still running
+    assert pull_children() == []
+
+    # The slot is free again.
+    runtime.pull(PullIntent("acme/slow")).close()
+    runtime.pull(PullIntent("acme/slow")).close()
 
 
 def test_the_builtin_name_is_fine(store) -> None:

@@ -4,14 +4,15 @@ and control jobs run before the next batch."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 
 import numpy as np
 import pytest
 
+from mlx_serve.core.errors import ClientClosed, Overloaded
 from mlx_serve.core.errors import OutOfMemory as DeviceOutOfMemory
-from mlx_serve.core.errors import Overloaded
-from mlx_serve.engine.batching import OutOfMemory
+from mlx_serve.engine.batching import OutOfMemory, Stopped
 from mlx_serve.metrics import Metrics
 from mlx_serve.serving.scheduler import Job, Scheduler
 
@@ -22,10 +23,27 @@ class Doubler:
     def __init__(self, log: list | None = None) -> None:
         self.log = log
 
-    def run(self, seqs: Sequence, max_batch_tokens: int) -> np.ndarray:
+    def run(self, seqs: Sequence, max_batch_tokens: int, stop=None) -> np.ndarray:
         if self.log is not None:
             self.log.append(("batch", list(seqs)))
         return np.array([[2.0 * len(s)] for s in seqs])
+
+
+class Steps:
+    """A 'model' that runs one sequence per batch, asking `stop` before each, as BatchRunner does; it
+    waits at `gate` before each batch so that a test can act in between."""
+
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+        self.gate = threading.Semaphore(0)
+
+    def run(self, seqs: Sequence, max_batch_tokens: int, stop=None) -> np.ndarray:
+        for s in seqs:
+            assert self.gate.acquire(timeout=5)
+            if stop is not None and stop():
+                raise Stopped("stopped")
+            self.ran.append(s)
+        return np.array([[float(len(s))] for s in seqs])
 
 
 def job(texts: list[str], group: object = "m", log: list | None = None) -> Job:
@@ -89,7 +107,7 @@ def test_a_failing_control_job_fails_only_itself(scheduler) -> None:
 class Tight:
     """A 'model' whose device holds at most 3 characters of input at once, as a GPU holds so many tokens."""
 
-    def run(self, seqs: Sequence, max_batch_tokens: int) -> np.ndarray:
+    def run(self, seqs: Sequence, max_batch_tokens: int, stop=None) -> np.ndarray:
         out = np.array([[float(len(s))] for s in seqs])
         failed = {i for i, s in enumerate(seqs) if len(s) > 3}
         if failed:
@@ -108,3 +126,30 @@ def test_an_input_too_large_for_the_device_fails_its_own_request_only(scheduler)
     with pytest.raises(DeviceOutOfMemory) as error:
         huge.result(5)
     assert error.value.index == 1
+
+
+def test_a_run_stops_between_batches_once_every_client_has_gone(scheduler) -> None:
+    model = Steps()
+    first, second = Job("m", "g", model, ["a", "b", "c"]), Job("m", "g", model, ["d"])
+    release = hold(scheduler)
+    futures = [scheduler.submit(first)]
+    scheduler.max_queued = 2
+    futures.append(scheduler.submit(second))
+    release.set()  # both run merged: a, b, c, d, one per batch
+
+    def step(ran: list[str]) -> None:
+        model.gate.release()
+        deadline = time.monotonic() + 5
+        while model.ran != ran:
+            assert time.monotonic() < deadline, model.ran
+            time.sleep(0.01)
+
+    step(["a"])
+    first.abandoned = True  # one client gone: the run goes on for the other
+    step(["a", "b"])
+    second.abandoned = True  # both gone: it stops before the next batch
+    model.gate.release()
+    for future in futures:
+        with pytest.raises(ClientClosed):
+            future.result(5)
+    assert model.ran == ["a", "b"]

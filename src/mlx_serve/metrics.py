@@ -83,6 +83,13 @@ class Metrics:
             ["model", "outcome"],
             registry=r,
         )
+        self.abandoned = Counter(
+            "mlx_serve_abandoned_requests",
+            "Requests whose client went away before the answer: dropped from the queue (queued) or stopped "
+            "between batches once every client of the run had gone (running)",
+            ["stage"],
+            registry=r,
+        )
         self.memory = MemoryCollector()  # read at scrape time; the server gives it the limits it set
         r.register(self.memory)
 

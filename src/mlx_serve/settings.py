@@ -96,6 +96,7 @@ class Settings(BaseModel):
     auto_truncate: bool
     token_arrays: Literal["cl100k", "model", "reject"]
     pull_timeout: float = Field(gt=0)
+    max_concurrent_pulls: int = Field(ge=1)
     model_instructions: dict[str, str]
     model_aliases: dict[str, str]
     default_embedding_model: str

@@ -107,6 +107,14 @@ class HeadersTooLarge(ServeError):
     default_code = "request_header_fields_too_large"
 
 
+class ClientClosed(ServeError):
+    """The client went away before its answer was ready: the work was dropped. Nobody reads this answer;
+    it is logged and counted with nginx's status for it."""
+
+    status = 499
+    default_code = "client_closed_request"
+
+
 class InternalError(ServeError):
     """A bug: logged with its traceback; the client learns only the request id."""
 

@@ -59,6 +59,13 @@ class OutOfMemory(RuntimeError):
         self.rows = rows
 
 
+class Stopped(RuntimeError):
+    """`stop()` said to stop between two batches: every client of the run has gone."""
+
+
+Stop = Callable[[], bool]  # asked between batches: True to stop the run (raises Stopped)
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """MLX reports a failed device allocation as a RuntimeError (CUDA: cudaMallocAsync ... out of memory;
     Metal: [METAL] Command buffer execution failed: Insufficient Memory)."""
@@ -133,9 +140,9 @@ class BatchRunner:
         self.streams = list(streams) or [mx.default_stream(mx.default_device())]
         self.buckets = gpu if buckets is None else buckets
 
-    def run(self, seqs: Sequence[Seq], max_batch_tokens: int) -> np.ndarray:
+    def run(self, seqs: Sequence[Seq], max_batch_tokens: int, stop: Stop | None = None) -> np.ndarray:
         """One output row per sequence, in order. Raises OutOfMemory (with every other row) when some
-        sequences did not fit in device memory even alone.
+        sequences did not fit in device memory even alone, and Stopped when `stop()` says so before a batch.
 
         Batches run back to back: the next batch's arrays are built and queued (mx.async_eval) before the
         previous one's results are read, so a GPU never waits for Python between batches."""
@@ -145,6 +152,8 @@ class BatchRunner:
         in_flight: tuple[list[int], list[mx.array]] | None = None
         for batch in [*batches, None]:
             launched = None
+            if batch is not None and stop is not None and stop():
+                raise Stopped(f"stopped with {len(batches)} batches planned")
             if batch is not None:
                 try:
                     launched = (batch, self._launch([seqs[i] for i in batch]))

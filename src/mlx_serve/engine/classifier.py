@@ -11,7 +11,7 @@ import mlx.core as mx
 import numpy as np
 
 from mlx_serve.core.types import Truncation
-from mlx_serve.engine.batching import BatchRunner, RunnerModel, Seq
+from mlx_serve.engine.batching import BatchRunner, RunnerModel, Seq, Stop
 from mlx_serve.engine.tokenizer import TextTokenizer
 
 
@@ -57,8 +57,8 @@ class Classifier(RunnerModel):
                 out[i] = seq
         return out  # type: ignore[return-value]
 
-    def run(self, seqs: Sequence[Seq], max_batch_tokens: int) -> np.ndarray:
-        return self.runner.run(seqs, max_batch_tokens)
+    def run(self, seqs: Sequence[Seq], max_batch_tokens: int, stop: Stop | None = None) -> np.ndarray:
+        return self.runner.run(seqs, max_batch_tokens, stop)
 
     def scores(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities, logits)."""

@@ -13,7 +13,7 @@ import numpy as np
 
 from mlx_serve.core.errors import InvalidRequest
 from mlx_serve.core.types import Input, Truncation
-from mlx_serve.engine.batching import BatchRunner, Seq
+from mlx_serve.engine.batching import BatchRunner, Seq, Stop
 from mlx_serve.engine.pooling import pool
 from mlx_serve.engine.st_layout import Layout, prompt_for
 from mlx_serve.engine.tokenizer import TextTokenizer
@@ -134,8 +134,8 @@ class Embedder:
     ) -> list[Seq]:
         return self.tokenizer.encode(self.prompted(inputs, instruction, input_type, prompt_name), truncate)
 
-    def run(self, seqs: Sequence[Seq], max_batch_tokens: int) -> np.ndarray:
-        return self.runner.run(seqs, max_batch_tokens)
+    def run(self, seqs: Sequence[Seq], max_batch_tokens: int, stop: Stop | None = None) -> np.ndarray:
+        return self.runner.run(seqs, max_batch_tokens, stop)
 
     def embed(
         self,

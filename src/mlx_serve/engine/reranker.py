@@ -18,7 +18,7 @@ import numpy as np
 
 from mlx_serve.core.errors import InvalidRequest
 from mlx_serve.core.types import Truncation
-from mlx_serve.engine.batching import RunnerModel, Seq
+from mlx_serve.engine.batching import RunnerModel, Seq, Stop
 from mlx_serve.engine.embedder import Embedder
 
 Arrays = Callable[[], list[mx.array]]
@@ -38,8 +38,8 @@ class Reranker(RunnerModel):
     ) -> list[Seq]:
         raise NotImplementedError
 
-    def run(self, seqs: Sequence[Seq], max_batch_tokens: int) -> np.ndarray:
-        return self.runner.run(seqs, max_batch_tokens).reshape(len(seqs))
+    def run(self, seqs: Sequence[Seq], max_batch_tokens: int, stop: Stop | None = None) -> np.ndarray:
+        return self.runner.run(seqs, max_batch_tokens, stop).reshape(len(seqs))
 
     def scores(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(scores, raw scores) from the rows the runner gave."""
@@ -95,8 +95,8 @@ class EmbeddingRanker(Reranker):
         query_seqs = self.embedder.tokenize([query], instruction, truncate, input_type="query")
         return query_seqs + self.embedder.tokenize(documents, None, truncate, input_type="document")
 
-    def run(self, seqs: Sequence[Seq], max_batch_tokens: int) -> np.ndarray:
-        return self.embedder.run(seqs, max_batch_tokens)
+    def run(self, seqs: Sequence[Seq], max_batch_tokens: int, stop: Stop | None = None) -> np.ndarray:
+        return self.embedder.run(seqs, max_batch_tokens, stop)
 
     def scores(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         query, docs = rows[0], rows[1:]

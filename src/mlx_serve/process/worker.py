@@ -40,6 +40,7 @@ from gunicorn import util
 from gunicorn.workers.gthread import ThreadWorker
 
 # The master imports this module: nothing here imports MLX.
+from mlx_serve.core import client
 from mlx_serve.core.errors import for_status
 from mlx_serve.http.dialects import error_response
 from mlx_serve.process.framing import Frame, frame, request_line
@@ -139,6 +140,18 @@ class Reading:
     continued: bool = False  # "100 Continue" sent
 
 
+def _client_gone(sock: socket.socket) -> bool:
+    """Whether the peer has closed or reset the connection. The request was read in full before a thread
+    got it, so a read that would not block finds nothing, or the next pipelined request; an end of
+    stream means the client left."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:  # reset, or closed here
+        return True
+
+
 BOOT_ERROR = 3  # gunicorn's WORKER_BOOT_ERROR: the arbiter stops ("Worker failed to boot") instead of retrying
 
 
@@ -164,6 +177,12 @@ class Worker(ThreadWorker):
         except SystemExit as exc:  # SIGINT/SIGQUIT: gunicorn's quick stop
             self.app.exit_worker(exc.code if isinstance(exc.code, int) else 1)
         self.app.exit_worker(0)
+
+    def handle(self, conn: Any) -> Any:
+        """A request on a pool thread; while it runs, the runtime can ask whether its client is still
+        there (core/client.py), and drop its work if not."""
+        with client.watch(functools.partial(_client_gone, conn.sock)):
+            return super().handle(conn)
 
     def handle_quit(self, sig: int, frame: Any) -> None:
         """SIGINT/SIGQUIT, a quick stop. gthread's own shuts its thread pool down here, in the signal

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import gc
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
@@ -21,7 +22,8 @@ import mlx.core as mx
 import numpy as np
 from cachetools import LRUCache
 
-from mlx_serve.core.errors import InvalidRequest, ModelNotFound, Overloaded, PreloadError
+from mlx_serve.core import client
+from mlx_serve.core.errors import ClientClosed, InvalidRequest, ModelNotFound, Overloaded, PreloadError
 from mlx_serve.core.intents import (
     Classification,
     ClassifyIntent,
@@ -57,6 +59,7 @@ from mlx_serve.store import pull
 from mlx_serve.store.store import InvalidNameError, ModelEntry, ModelStore, StoreError
 
 log = get_logger("mlx_serve.serving.runtime")
+CLIENT_CHECK = 0.25  # seconds between asking whether a waiting request's client is still there
 
 
 def finite(*outputs: Any) -> None:
@@ -96,6 +99,8 @@ class Runtime:
         )
         # Tokenizers for /tokenize and /decode, which need no weights: a few, by folder and files' stamp.
         self._tokenizers: LRUCache[tuple[Path, int], tuple[TextTokenizer, Any]] = LRUCache(maxsize=8)
+        # Pulls over HTTP each hold a request thread while they run: a few at once, never all the threads.
+        self._pulls = threading.BoundedSemaphore(settings.max_concurrent_pulls)
         self.cache.start()
 
     # -- the models -------------------------------------------------------------------------------
@@ -161,15 +166,29 @@ class Runtime:
 
     # -- the control plane ---------------------------------------------------------------------------
     def pull(self, intent: PullIntent) -> Iterator[bytes]:
-        """Pull into the store in a child process; its progress lines (store/progress.py), as they come."""
-        return pull.pull_in_child(
-            intent.source,
-            name=intent.name,
-            type=intent.type,
-            quantize=intent.quantize,
-            timeout=self.settings.pull_timeout,
-            replace=intent.replace,
-        )
+        """Pull into the store in a child process; its progress lines (store/progress.py), as they come.
+        At most `max_concurrent_pulls` at once (each holds a request thread for as long as it runs); a
+        pull whose client goes away is cancelled."""
+        if not self._pulls.acquire(blocking=False):
+            limit = self.settings.max_concurrent_pulls
+            raise Overloaded(
+                f"{limit} pull{'s are' if limit > 1 else ' is'} running already (max_concurrent_pulls); "
+                "retry when one is done"
+            )
+        try:
+            lines = pull.pull_in_child(
+                intent.source,
+                name=intent.name,
+                type=intent.type,
+                quantize=intent.quantize,
+                timeout=self.settings.pull_timeout,
+                replace=intent.replace,
+                abandoned=client.watcher(),
+            )
+        except BaseException:
+            self._pulls.release()
+            raise
+        return Releasing(lines, self._pulls.release)
 
     def delete(self, name: str) -> None:
         """Remove a stored model; if loaded, it is unloaded after its in-flight requests first. Checked
@@ -231,12 +250,25 @@ class Runtime:
         memory.set_wired(self.settings.mlx_wired_limit, loaded)
 
     # -- request threads --------------------------------------------------------------------------
-    def _wait(self, future: Future[Any], deadline: float) -> Any:
-        try:
-            return future.result(timeout=max(0.0, deadline - time.monotonic()))
-        except FutureTimeout:
-            future.cancel()  # if it has not started, it never will
-            raise Overloaded(f"The server is busy: no result within {self.settings.request_timeout:g} s.") from None
+    def _wait(self, future: Future[Any], deadline: float, job: Job | None = None) -> Any:
+        """The future's result by the deadline. Every CLIENT_CHECK seconds the client is asked after: one
+        that has gone takes its work with it (still queued, it never runs; see core/client.py)."""
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return future.result(timeout=max(0.0, min(left, CLIENT_CHECK)))
+            except FutureTimeout:
+                if left <= CLIENT_CHECK:
+                    future.cancel()  # if it has not started, it never will
+                    raise Overloaded(
+                        f"The server is busy: no result within {self.settings.request_timeout:g} s."
+                    ) from None
+                if client.gone():
+                    if job is not None:
+                        job.abandoned = True  # running: it stops before its next batch
+                    dropped = future.cancel()
+                    self.metrics.abandoned.labels("queued" if dropped else "running").inc()
+                    raise ClientClosed("the client went away before its answer was ready") from None
 
     def _submit(
         self,
@@ -258,7 +290,7 @@ class Runtime:
                 loading = time.monotonic() - started
             seqs = prepare(model)
             job = Job(entry.name, slot, model, seqs, widen=self._widen(entry, model))
-            rows = self._wait(self.scheduler.submit(job), deadline)
+            rows = self._wait(self.scheduler.submit(job), deadline, job)
         result = finish(model, rows)
         finite(*(result if isinstance(result, tuple) else (result,)))
         return result, loading
@@ -428,6 +460,33 @@ class Runtime:
         """Let queued and running work finish, then stop the inference thread."""
         self.cache.close()
         self.scheduler.close()
+
+
+class Releasing:
+    """An iterator that calls `release` once, when it is exhausted or closed (the WSGI server closes a
+    response it stops sending), whichever comes first."""
+
+    def __init__(self, inner: Iterator[bytes], release: Callable[[], None]) -> None:
+        self._inner = inner
+        self._release: Callable[[], None] | None = release
+
+    def __iter__(self) -> Releasing:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            return next(self._inner)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        close = getattr(self._inner, "close", None)
+        if close is not None:
+            close()
+        if self._release is not None:
+            release, self._release = self._release, None
+            release()
 
 
 def info(entry: ModelEntry) -> ModelInfo:

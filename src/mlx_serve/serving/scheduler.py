@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from mlx_serve.core.errors import NumericalOverflow, Overloaded
+from mlx_serve.core.errors import ClientClosed, NumericalOverflow, Overloaded
 from mlx_serve.core.errors import OutOfMemory as DeviceOutOfMemory
-from mlx_serve.engine.batching import OutOfMemory
+from mlx_serve.engine.batching import OutOfMemory, Stop, Stopped
 from mlx_serve.logs import get_logger
 from mlx_serve.metrics import Metrics
 
@@ -57,7 +57,7 @@ def too_large(index: int) -> DeviceOutOfMemory:
 class BatchModel(Protocol):
     """What the inference thread needs of a loaded model: token sequences in, one row each out."""
 
-    def run(self, seqs: Sequence[Seq], max_batch_tokens: int) -> np.ndarray: ...
+    def run(self, seqs: Sequence[Seq], max_batch_tokens: int, stop: Stop | None = None) -> np.ndarray: ...
 
 
 @dataclass(eq=False)
@@ -74,6 +74,9 @@ class Job:
     widen: Callable[[], BatchModel] | None = None
     future: Future = field(default_factory=Future)
     enqueued: float = field(default_factory=time.perf_counter)
+    # Set by the request thread when its client has gone: a run whose jobs all have it stops between
+    # batches, and a job taken from the queue with it never runs.
+    abandoned: bool = False
 
 
 @dataclass(eq=False)
@@ -170,7 +173,8 @@ class Scheduler:
             if isinstance(work, ControlJob):
                 self._run_control(work)
             else:
-                live = [j for j in work if j.future.set_running_or_notify_cancel()]  # skip the timed-out
+                # Skip the timed-out and those whose client has gone (a cancelled future).
+                live = [j for j in work if j.future.set_running_or_notify_cancel()]
                 if live:
                     self._run(live)
         except Exception:  # never reached by design; the thread that owns MLX must not die of a bug
@@ -193,7 +197,12 @@ class Scheduler:
         seqs = [s for job in jobs for s in job.seqs]
         failed: set[int] = set()
         try:
-            rows = jobs[0].runner.run(seqs, self.max_batch_tokens)
+            rows = jobs[0].runner.run(seqs, self.max_batch_tokens, stop=lambda: all(j.abandoned for j in jobs))
+        except Stopped:
+            log.info("run_abandoned", model=jobs[0].model, inputs=len(seqs))
+            for job in jobs:
+                job.future.set_exception(ClientClosed("the client went away"))
+            return
         except OutOfMemory as exc:  # every other sequence has its row: only their jobs fail
             rows, failed = exc.rows, exc.failed
             log.warning("out_of_memory", model=jobs[0].model, inputs=len(failed), batch=len(seqs))

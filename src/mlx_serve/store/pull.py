@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ Report = Callable[[Progress], None]
 # metadata to add. Given by the caller (the CLI), so that the store knows nothing of model families.
 Prepare = Callable[[Path, ModelType, int | None], dict[str, Any]]
 BUILTIN = "the built-in model"
+CHECK_SECONDS = 0.25  # how often a pull's monitor looks at its deadline and its client
 
 
 def default_name(source: str) -> str:
@@ -193,11 +195,14 @@ def pull_in_child(
     quantize: int | None = None,
     timeout: float | None = None,
     replace: bool = False,
+    abandoned: Callable[[], bool] | None = None,
 ) -> Iterator[bytes]:
     """Run `mlx-serve pull --progress json` as a child and yield its progress lines (see pull_progress).
 
     A child keeps the download and the conversion (which may need much memory) out of the server, and
-    the memory goes back to the system when it exits. The last line is always `success` or an error."""
+    the memory goes back to the system when it exits. The last line is always `success` or an error.
+    The child is killed when the pull outlives `timeout`, when `abandoned()` says its client has gone, or
+    when the consumer stops reading (closes this generator); its staging is cleared by the next pull."""
     args = [sys.executable, "-m", "mlx_serve", "pull", "--progress", "json"]
     if name is not None:
         args += ["--name", name]
@@ -212,25 +217,46 @@ def pull_in_child(
         args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=os.environ.copy()
     )
     assert child.stdout is not None
-    # A pull that outlives `pull_timeout` is killed; its staging is cleared by the next pull or start.
-    timer = threading.Timer(timeout, child.kill) if timeout else None
-    if timer is not None:
-        timer.daemon = True
-        timer.start()
+    stopped: list[str] = []  # why the monitor killed the child
+    monitor = threading.Thread(
+        target=_watch_child, args=(child, timeout, abandoned, stopped), name="pull-monitor", daemon=True
+    )
+    monitor.start()
     failed = False
     try:
         for line in child.stdout:
             if line.strip():
                 failed = pull_progress.error_of(line) is not None
                 yield line
-    except GeneratorExit:  # the client went away: the pull goes on by itself, and is reaped when done
+    except GeneratorExit:  # the consumer stopped reading (its client went away): the pull is cancelled
+        child.kill()
         threading.Thread(target=child.wait, name="pull-reaper", daemon=True).start()
         raise
     code = child.wait()
-    timed_out = timer is not None and not timer.is_alive() and code < 0
-    if timer is not None:
-        timer.cancel()
-    if timed_out:
+    if stopped == ["timeout"]:
         yield pull_progress.encode_error(f"the pull was stopped after {timeout:g} s (the pull_timeout setting)")
+    elif stopped == ["abandoned"]:
+        yield pull_progress.encode_error("the pull was cancelled: its client went away")
     elif code != 0 and not failed:
         yield pull_progress.encode_error(f"the pull failed (exit code {code})")
+
+
+def _watch_child(
+    child: subprocess.Popen[bytes], timeout: float | None, abandoned: Callable[[], bool] | None, why: list[str]
+) -> None:
+    """Kill the pull's child once it outlives `timeout` or its client has gone, whichever comes first."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            child.wait(timeout=CHECK_SECONDS)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+        if deadline is not None and time.monotonic() >= deadline:
+            why.append("timeout")
+        elif abandoned is not None and abandoned():
+            why.append("abandoned")
+        else:
+            continue
+        child.kill()
+        return
