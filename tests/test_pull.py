@@ -432,3 +432,24 @@ def test_remove_without_port_goes_through_the_only_running_server(home: Path, re
     with urllib.request.urlopen(server.url + "/api/ps", timeout=10) as resp:
         assert "emb" not in [m["name"] for m in json.load(resp)["models"]]
     assert not (models_dir(home) / "emb").exists()
+
+
+def test_a_read_only_store_refuses_a_delete_with_a_400_that_says_so(
+    make_app, minilm_dir, tmp_path, monkeypatch
+) -> None:
+    """A models folder on a read-only volume gave a 500 (EROFS from the lock file). A read-only mount
+    cannot be made here: the file system's answer is given at the edge, os.replace."""
+    import errno
+    import shutil
+
+    folder = tmp_path / "mine"
+    shutil.copytree(minilm_dir, folder)
+    client = make_app(models={"mine": folder}).client
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr("mlx_serve.store.store.os.replace", read_only)
+    refused = client.simulate_delete("/api/delete", json={"model": "mine"})
+    assert refused.status_code == 400 and refused.json["code"] == "cannot_delete"
+    assert "read-only" in refused.json["error"]

@@ -62,6 +62,26 @@ def test_a_link_inside_the_folder_is_followed(store, folder: Path) -> None:
     assert copied.read_text() == "about this model" and not copied.is_symlink()
 
 
+def test_a_folder_swapped_for_a_link_after_the_scan_is_refused_not_followed(folder: Path, tmp_path: Path) -> None:
+    """A subfolder replaced by a link once copying began put a mode-600 file from outside the pulled
+    folder into the store: links were refused only in a path's last part. Now every component is opened
+    without following links, from the folder's own descriptor."""
+    from mlx_serve.store import files
+
+    secret = tmp_path / "private"
+    secret.mkdir()
+    (secret / "config.json").write_text("secret")
+    (secret / "config.json").chmod(0o600)
+    scanned = files.scan(folder)
+    assert any(str(f.relative) == "1_Pooling/config.json" for f in scanned)
+    shutil.rmtree(folder / "1_Pooling")
+    (folder / "1_Pooling").symlink_to(secret)  # swapped after the scan, as in the middle of a copy
+    target = tmp_path / "copy"
+    with pytest.raises(files.RefusedFolder, match=r"1_Pooling/config\.json .*became a link"):
+        files.copy(scanned, target)
+    assert not any("secret" in p.read_text() for p in target.rglob("*") if p.is_file())
+
+
 def test_a_fifo_named_config_json_is_refused_without_blocking(store, folder: Path) -> None:
     (folder / "config.json").unlink()
     os.mkfifo(folder / "config.json")
@@ -135,6 +155,15 @@ def test_api_pull_errors_reach_the_client_as_one_sentence(make_app, folder: Path
     assert once.json["error"] == "shadow.json is a link to /etc/shadow, outside the model folder: refused"
     streamed = client.simulate_post("/api/pull", json={"model": str(folder)})
     assert json.loads(streamed.text.splitlines()[-1]) == {"error": once.json["error"]}
+
+
+@pytest.mark.process  # /api/pull runs the pull in a child process
+def test_api_pull_errors_name_no_path_of_this_machine(make_app, folder: Path) -> None:
+    (folder / "shadow.json").unlink(missing_ok=True)
+    (folder / "config.json").write_text('{"model_type": "bert",')  # cut short
+    once = make_app().client.simulate_post("/api/pull", json={"model": str(folder), "stream": False})
+    assert once.status_code == 400
+    assert str(folder.parent) not in once.json["error"] and "folder:my-model" in once.json["error"]
 
 
 @pytest.mark.process  # /api/pull runs the pull in a child process

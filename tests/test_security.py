@@ -32,6 +32,15 @@ def test_an_api_key_guards_every_route_but_health(make_fake) -> None:
     assert client.simulate_get("/metrics").status_code == 200  # metrics_public is true by default
 
 
+def test_a_non_ascii_key_works_from_a_utf8_client(make_fake) -> None:
+    key = "schlüssel-ключ"
+    client = make_fake(api_key=key).client
+    # A UTF-8 client's bytes, as WSGI hands header values over: one latin-1 character per byte.
+    as_sent = "Bearer " + key.encode("utf-8").decode("latin-1")
+    assert embed(client, {"Authorization": as_sent}).status_code == 200
+    assert embed(client, {"Authorization": "Bearer " + key.encode("utf-8").decode("latin-1")[:-1]}).status_code == 401
+
+
 def test_metrics_need_the_key_unless_public(make_fake) -> None:
     client = make_fake(api_key="k", metrics_public="false").client
     assert client.simulate_get("/metrics").status_code == 401

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import sys
 from functools import partial
+from pathlib import Path
 
 from mlx_serve.cli.client import ClientError, ServerClient
 from mlx_serve.cli.table import print_table
@@ -48,6 +50,21 @@ def _server_for(args: argparse.Namespace, settings: Settings) -> ServerClient:
     return server
 
 
+def _relative(message: str, store_root: Path, source: str) -> str:
+    """An error for an HTTP client (`--progress json` is what /api/pull relays): this machine's absolute
+    paths become paths in the pulled folder (`folder:NAME/...`) or in the store (`models_dir/...`)."""
+    places: list[tuple[Path, str]] = [(store_root, "models_dir")]
+    local = Path(source).expanduser()
+    if local.is_absolute() or local.exists():
+        places.append((local.absolute(), f"folder:{local.absolute().name}"))
+    for path, label in list(places):
+        with contextlib.suppress(OSError):
+            places.append((path.resolve(), label))
+    for path, label in sorted(places, key=lambda p: -len(str(p[0]))):  # the longest first
+        message = message.replace(str(path), label)
+    return message
+
+
 def cmd_pull(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     from mlx_serve.engine.verify import prepare
     from mlx_serve.store.progress import LineWriter
@@ -86,7 +103,7 @@ def cmd_pull(args: argparse.Namespace, loaded: LoadedSettings) -> int:
         message, code = "", 0
     if code:
         if writer:
-            writer.error(message)
+            writer.error(_relative(message, _store(loaded.settings).root, args.source))
             return code
         return _fail(message, code)
     if not writer:

@@ -4,8 +4,10 @@ A folder pulled into the store may come from anyone (a download, a shared drive,
 hold links to `/etc/shadow` or `/dev/zero`, a FIFO named `config.json` that blocks whoever opens it, or
 files that change while they are read. So before anything is opened, the whole folder is scanned: only
 regular files are taken, a link is followed only if it ends inside the folder's boundary (the folder
-itself, or for the Hugging Face cache the repo's folder, whose snapshots link into its blobs), and every
-file is opened without following links and checked again on its open descriptor.
+itself, or for the Hugging Face cache the repo's folder, whose snapshots link into its blobs). Then every
+file is opened from the boundary's descriptor one path component at a time, none through a link
+(openat with O_NOFOLLOW), and checked again on its open descriptor: a folder swapped for a link after
+the scan cannot lead the copy outside.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class ModelFile:
     relative: Path  # where it goes in the model folder
     real: Path  # what is read (a link's target inside the boundary)
     size: int
+    boundary: Path  # `real` is opened beneath it, component by component
 
 
 def scan(folder: Path, boundary: Path | None = None, skip: tuple[str, ...] = NOT_COPIED) -> list[ModelFile]:
@@ -77,7 +80,7 @@ def _checked(path: Path, rel: Path, limit: Path) -> ModelFile:
             raise RefusedFolder(f"{rel} is a link to nothing ({real})") from None
     if not stat.S_ISREG(info.st_mode):
         raise RefusedFolder(f"{rel} is not a regular file ({_kind(info.st_mode)}): refused")
-    return ModelFile(rel, real, info.st_size)
+    return ModelFile(rel, real, info.st_size, limit)
 
 
 def _kind(mode: int) -> str:
@@ -106,18 +109,47 @@ def open_regular(path: Path) -> int:
     return fd
 
 
-def read_text(path: Path) -> str:
+def open_beneath(item: ModelFile) -> int:
+    """A read descriptor of a scanned file, opened from its boundary one component at a time, none
+    through a link: a part of its path swapped for a link since the scan is refused, not followed."""
+    parts = item.real.relative_to(item.boundary).parts
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        folder = os.open(item.boundary, flags | os.O_DIRECTORY)
+        try:
+            for part in parts[:-1]:
+                inner = os.open(part, flags | os.O_DIRECTORY, dir_fd=folder)
+                os.close(folder)
+                folder = inner
+            fd = os.open(parts[-1], flags | os.O_NONBLOCK, dir_fd=folder)
+        finally:
+            os.close(folder)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise RefusedFolder(
+                f"{item.relative} (or a folder above it) became a link while it was read: refused"
+            ) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RefusedFolder(f"{item.relative} is not a regular file: refused")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def read_text(path: Path | ModelFile) -> str:
     """A small file's text (config.json), read safely."""
-    with os.fdopen(open_regular(path), "rb") as fh:
+    fd = open_beneath(path) if isinstance(path, ModelFile) else open_regular(path)
+    with os.fdopen(fd, "rb") as fh:
         return fh.read(16 * 2**20).decode("utf-8", "replace")
 
 
 def copy(files: list[ModelFile], target: Path) -> None:
-    """Copy the scanned files into `target`, each read through open_regular."""
+    """Copy the scanned files into `target`, each read through open_beneath."""
     for item in files:
         dest = target / item.relative
         dest.parent.mkdir(parents=True, exist_ok=True)
-        with os.fdopen(open_regular(item.real), "rb") as src, dest.open("wb") as out:
+        with os.fdopen(open_beneath(item), "rb") as src, dest.open("wb") as out:
             shutil.copyfileobj(src, out, 1 << 20)
 
 

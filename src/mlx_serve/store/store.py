@@ -132,9 +132,11 @@ def detect_type(config: dict[str, Any], has_modules: bool) -> ModelType:
 
 
 def _read_config(files: list[model_files.ModelFile], source: Path) -> dict:
-    real = next(f.real for f in files if str(f.relative) == "config.json")
+    item = next(f for f in files if str(f.relative) == "config.json")
     try:
-        config = json.loads(model_files.read_text(real))
+        config = json.loads(model_files.read_text(item))
+    except RefusedFolder as exc:
+        raise StoreError(str(exc)) from None
     except (OSError, ValueError) as exc:
         raise StoreError(f"{source} has no readable config.json: {exc}") from None
     if not isinstance(config, dict):
