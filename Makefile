@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 UNAME  := $(shell uname -s)
 OPENBLAS_DEB := libopenblas0-pthread
 
-.PHONY: install python-check run test lint bench cpu-deps clean
+.PHONY: install python-check run test browser lint bench cpu-deps clean
 
 # A Python >= 3.10 (scripts/pick-python; `make install PYTHON=python3.12` to choose one); a .venv of a
 # wrong Python is rebuilt. Then the packages, in a second make that sees the venv as it now is.
@@ -51,8 +51,21 @@ endif
 run: install
 	$(BIN)/mlx-serve start --foreground
 
-test: install
+# Chromium drives /docs and /status in the suite (tests/test_pages.py): only `make test` installs it.
+test: install browser
 	$(BIN)/python -m pytest
+
+browser:
+ifeq ($(UNAME),Linux)
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		else \
+			echo "warning: install chromium for the browser tests of /docs and /status (they are skipped)"; \
+		fi; }
+else
+	@true
+endif
 
 lint: install
 	$(BIN)/ruff check src tests bench

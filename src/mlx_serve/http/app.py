@@ -12,7 +12,7 @@ import orjson
 
 from mlx_serve import __version__
 from mlx_serve.core.service import Service
-from mlx_serve.http import errors, openapi
+from mlx_serve.http import errors, openapi, pages
 from mlx_serve.http.dialects import cohere, infinity, jina, ollama, openai, system, tei
 from mlx_serve.http.dialects.base import Limits
 from mlx_serve.http.middleware import RequestLog
@@ -54,7 +54,8 @@ def create_app(
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True  # /v1/embeddings/ is /v1/embeddings
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = JSON_RESPONSES
-    errors.install(app)
+    recent = pages.RecentErrors()
+    errors.install(app, recent)
     limits = Limits(settings.max_request_bytes, settings.max_inputs_per_request)
     document = openapi.document(
         __version__, api_key=settings.resolved_api_key() is not None, metrics_public=settings.metrics_public
@@ -70,8 +71,9 @@ def create_app(
         "/ready": system.ReadyResource(readiness),
         "/metrics": system.MetricsResource(metrics),
         "/openapi.json": system.OpenApiResource(document),
+        **pages.routes(recent),
     }
-    # POST / is TEI's embed (and rerank); GET / is Ollama's "running".
+    # POST / is TEI's embed (and rerank); GET / is Ollama's "running" (a browser's: the status page).
     routes["/"] = _Root(routes["/"], tei.EmbedResource(service, limits))
     for path, resource in routes.items():
         if hasattr(resource, "on_get") and not hasattr(resource, "on_head"):

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from mlx_serve.http import pages
 from mlx_serve.http.dialects import cohere, infinity, jina, ollama, openai, system, tei
 from mlx_serve.http.dialects.base import Operation
 from mlx_serve.http.dialects.openai import ErrorResponse, ModelCard
@@ -33,6 +34,7 @@ OPERATIONS: tuple[Operation, ...] = (
     *tei.OPERATIONS,
     *ollama.OPERATIONS,
     *system.OPERATIONS,
+    *pages.OPERATIONS,
 )
 
 

@@ -4,7 +4,8 @@
   needs `Authorization: Bearer KEY`, which the OpenAI, Cohere and Jina clients send.
 - Browsers: any web page the user opens can send requests to 127.0.0.1 (a `text/plain` POST needs no
   preflight), and browsers mark them with an `Origin` header. A request from an origin not in
-  `allowed_origins` is refused (403), as Ollama refuses them; allowed origins get CORS headers.
+  `allowed_origins` is refused (403), as Ollama refuses them; allowed origins get CORS headers. The
+  server's own pages (/status, /docs) are its own origin, which passes under a trusted Host name.
 - DNS rebinding: a page can make a name of its own resolve to 127.0.0.1, but its requests still carry that
   name in `Host`. On a loopback bind, only loopback names (and `allowed_hosts`, for a proxy in front) pass.
 """
@@ -17,9 +18,11 @@ import ipaddress
 import falcon
 
 from mlx_serve.core.errors import Forbidden, Unauthorized
+from mlx_serve.http.pages import PUBLIC_PAGES
 from mlx_serve.settings import Settings
 
-PUBLIC_ROUTES = frozenset({"/health", "/ready"})
+# The pages hold no data (what they show comes from the routes they call, which keep the key).
+PUBLIC_ROUTES = frozenset({"/health", "/ready"}) | PUBLIC_PAGES
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
@@ -59,7 +62,12 @@ class Guard:
                     code="forbidden_host",
                 )
         origin = req.get_header("Origin")
-        if origin is not None and origin not in self.origins and "*" not in self.origins:
+        if (
+            origin is not None
+            and origin not in self.origins
+            and "*" not in self.origins
+            and not self._own_page(origin, req.get_header("Host") or "")
+        ):
             raise Forbidden(
                 f"Requests from the web origin {origin!r} are refused: add it to `allowed_origins` to allow it.",
                 code="forbidden_origin",
@@ -74,6 +82,14 @@ class Guard:
             error = Unauthorized("A valid API key is required: send `Authorization: Bearer <key>`.")
             error.headers = {"WWW-Authenticate": 'Bearer realm="mlx-serve"'}
             raise error
+
+    def _own_page(self, origin: str, host: str) -> bool:
+        """A request from this server's own pages (/status): the origin is this very host, under a name
+        the Host check trusts (a loopback name, or one of allowed_hosts). Under any other name, as a
+        0.0.0.0 bind is reached, a page of a rebound name would pass too: add it to allowed_origins."""
+        name = host_name(host)
+        trusted = is_loopback_name(name) or name in self.hosts
+        return trusted and origin.lower() in (f"http://{host.lower()}", f"https://{host.lower()}")
 
     def _public(self, path: str) -> bool:
         return path in PUBLIC_ROUTES or (path == "/metrics" and self.metrics_public)
