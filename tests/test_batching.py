@@ -128,3 +128,30 @@ def test_a_one_token_sequence_runs(embedder) -> None:
     from mlx_serve.engine.batching import Seq
 
     assert embedder.runner.run([Seq([101])], 4096).shape == (1, 384)
+
+
+def test_max_bytes_bounds_the_peak_and_changes_no_vector(minilm_dir: Path) -> None:
+    """A burst's batches once took ten times the weights on a GPU. Given max_bytes, the runner measures
+    what a padded token costs and keeps the batches in flight within it: the same vectors, a lower peak."""
+    from mlx_serve.engine.batching import PEAK
+
+    model = load_embedder("all-MiniLM-L6-v2", minilm_dir)
+    words = "model server embedding vector search query document rank local machine".split()
+    texts = [" ".join(words[(i + j) % len(words)] for j in range(120)) for i in range(48)]
+    seqs = model.tokenize(texts)
+    bound = 48 * 2**20
+    unbounded: list[np.ndarray] = []
+    peak_unbounded = PEAK.measure(lambda: unbounded.append(model.run(seqs, 16384)))
+    assert peak_unbounded > 2 * bound  # this burst needs more than the bound without one
+    bounded: list[np.ndarray] = []
+    peak_bounded = PEAK.measure(lambda: bounded.append(model.run(seqs, 16384, None, bound)))
+    assert peak_bounded <= bound
+    np.testing.assert_allclose(bounded[0], unbounded[0], atol=1e-5)
+    assert model.runner.cost is not None and model.runner.inflight_bytes == 0  # nothing in flight after a run
+
+
+def test_a_sequence_over_the_bound_still_runs_alone(minilm_dir: Path) -> None:
+    model = load_embedder("all-MiniLM-L6-v2", minilm_dir)
+    seqs = model.tokenize(["word " * 300, "short"])
+    out = model.run(seqs, 16384, None, 1)  # one byte: every batch is over it
+    np.testing.assert_allclose(out, model.run(seqs, 16384), atol=1e-5)

@@ -84,6 +84,7 @@ class Settings(BaseModel):
     start_timeout: float = Field(gt=0)
     threads: int = Field(ge=1, le=256)
     mlx_cache_limit: int | None
+    max_inflight_bytes: int | None  # None: auto (serving/memory.py's inflight_budget); 0: no bound
     mlx_memory_limit: int | None
     mlx_wired_limit: int | None
     dtype: Literal["auto", "float32", "float16", "bfloat16"]
@@ -146,7 +147,9 @@ class Settings(BaseModel):
     def _auto(cls, value: Any) -> Any:
         return None if isinstance(value, str) and value.strip().lower() == "auto" else value
 
-    @field_validator("mlx_cache_limit", "mlx_memory_limit", "mlx_wired_limit", "log_max_bytes", mode="before")
+    @field_validator(
+        "mlx_cache_limit", "mlx_memory_limit", "mlx_wired_limit", "log_max_bytes", "max_inflight_bytes", mode="before"
+    )
     @classmethod
     def _size(cls, value: Any) -> Any:
         return parse_size(value)

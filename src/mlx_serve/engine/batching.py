@@ -4,6 +4,11 @@ across the inference streams, run back to back, and split again where a device r
 On a GPU, batch shapes are rounded up to a small set of buckets (lengths and row counts): every new
 shape costs new buffers, a new cuDNN attention graph and a new CUDA graph (each cached per shape), so a
 server that sees texts of every length would otherwise keep building and caching them.
+
+Memory: a batch's activations, not the weights, make the peak (on an H100 a Qwen3-0.6B server reached ten
+times its weights under a burst). A runner given `max_bytes` measures what a padded token costs it (once,
+at two widths: attention grows with the width) and keeps the batches in flight (two: the next is queued
+before the last is read) within that many bytes, making batches smaller where they would not fit.
 """
 
 from __future__ import annotations
@@ -66,6 +71,40 @@ class Stopped(RuntimeError):
 Stop = Callable[[], bool]  # asked between batches: True to stop the run (raises Stopped)
 
 
+@dataclass(frozen=True)
+class TokenCost:
+    """Bytes a batch's activations take on the device, per padded token: `base + per_width * width` (the
+    attention scores grow with the width). Measured by BatchRunner.measure."""
+
+    base: float
+    per_width: float
+
+    def __call__(self, rows: int, width: int) -> float:
+        return rows * width * (self.base + self.per_width * width)
+
+
+class PeakMemory:
+    """MLX's peak counter, which measuring a batch resets: the highest value it had before any reset is
+    kept here, so that "the peak since start" (/health, /metrics) survives the measurement."""
+
+    def __init__(self) -> None:
+        self.before_resets = 0
+
+    def measure(self, fn: Callable[[], object]) -> int:
+        """Bytes above the active memory of the moment that `fn` needed at its peak."""
+        self.before_resets = max(self.before_resets, mx.get_peak_memory())
+        base = mx.get_active_memory()
+        mx.reset_peak_memory()
+        fn()
+        return max(0, mx.get_peak_memory() - base)
+
+    def since_start(self) -> int:
+        return max(self.before_resets, mx.get_peak_memory())
+
+
+PEAK = PeakMemory()  # MLX's counter is the process's: so is this, its memory
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """MLX reports a failed device allocation as a RuntimeError (CUDA: cudaMallocAsync ... out of memory;
     Metal: [METAL] Command buffer execution failed: Insufficient Memory)."""
@@ -73,8 +112,14 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, (RuntimeError, MemoryError)) and ("out of memory" in text or "insufficient memory" in text)
 
 
-def plan_batches(lengths: Sequence[int], max_batch_tokens: int, buckets: bool = False) -> list[list[int]]:
-    """Group indices into batches sorted by length, each at most `max_batch_tokens` once padded.
+def plan_batches(
+    lengths: Sequence[int],
+    max_batch_tokens: int,
+    buckets: bool = False,
+    fits: Callable[[int, int], bool] | None = None,
+) -> list[list[int]]:
+    """Group indices into batches sorted by length, each at most `max_batch_tokens` once padded (and,
+    given `fits(rows, width)`, each that it accepts).
 
     Sorting first means each batch pads to a length close to its members', so little compute is spent
     on padding; a single input longer than the budget still gets a batch of its own.
@@ -85,7 +130,8 @@ def plan_batches(lengths: Sequence[int], max_batch_tokens: int, buckets: bool = 
     for i in order:
         # Sorted ascending, so the newcomer is the longest: the padded size is its length times the count.
         width = bucket(lengths[i], LENGTH_BUCKETS) if buckets else lengths[i]
-        if current and width * (len(current) + 1) > max_batch_tokens:
+        rows = len(current) + 1
+        if current and (width * rows > max_batch_tokens or (fits is not None and not fits(rows, width))):
             batches.append(current)
             current = []
         current.append(i)
@@ -139,41 +185,88 @@ class BatchRunner:
         self.padding_side = padding_side
         self.streams = list(streams) or [mx.default_stream(mx.default_device())]
         self.buckets = gpu if buckets is None else buckets
+        self.cost: TokenCost | None = None  # measured on the first run given max_bytes
+        self.inflight_bytes = 0  # the estimated activations of the batches queued and not yet read
 
-    def run(self, seqs: Sequence[Seq], max_batch_tokens: int, stop: Stop | None = None) -> np.ndarray:
+    def measure(self, widths: tuple[int, int] = (64, 256), tokens: int = 512) -> TokenCost:
+        """What a padded token costs this model's activations, from one batch of `tokens` tokens at each
+        of two widths (fitted as base + per_width * width). It also builds those two shapes."""
+        spent = []
+        for width in widths:
+            rows = max(1, tokens // width)
+            batch = [Seq([self.pad_id] * width) for _ in range(rows)]
+            used = PEAK.measure(lambda b=batch: [np.array(o) for o in self._launch(b)])
+            spent.append(used / (rows * width))
+        per_width = max(0.0, (spent[1] - spent[0]) / (widths[1] - widths[0]))
+        self.cost = TokenCost(max(1.0, spent[0] - per_width * widths[0]), per_width)
+        return self.cost
+
+    def run(
+        self, seqs: Sequence[Seq], max_batch_tokens: int, stop: Stop | None = None, max_bytes: int | None = None
+    ) -> np.ndarray:
         """One output row per sequence, in order. Raises OutOfMemory (with every other row) when some
         sequences did not fit in device memory even alone, and Stopped when `stop()` says so before a batch.
 
         Batches run back to back: the next batch's arrays are built and queued (mx.async_eval) before the
-        previous one's results are read, so a GPU never waits for Python between batches."""
-        batches = plan_batches([len(s) for s in seqs], max_batch_tokens, self.buckets)
-        out: np.ndarray | None = None
+        previous one's results are read, so a GPU never waits for Python between batches. With
+        `max_bytes`, the two in flight stay within it (each batch within half)."""
+        fits = None
+        if max_bytes is not None:
+            cost = self.cost or self.measure()
+            fits = lambda rows, width: cost(rows, width) <= max_bytes / 2  # noqa: E731
+        batches = plan_batches([len(s) for s in seqs], max_batch_tokens, self.buckets, fits)
+        sizes = {id(b): self._bytes(seqs, b) for b in batches}
+        out = np.empty((0,), dtype=np.float32)
         failed: set[int] = set()
         in_flight: tuple[list[int], list[mx.array]] | None = None
-        for batch in [*batches, None]:
-            launched = None
-            if batch is not None and stop is not None and stop():
-                raise Stopped(f"stopped with {len(batches)} batches planned")
-            if batch is not None:
+
+        def read(flight: tuple[list[int], list[mx.array]]) -> None:
+            nonlocal out
+            done, outs = flight
+            rows, lost = self._collect([seqs[i] for i in done], outs)
+            self.inflight_bytes = max(0, self.inflight_bytes - sizes[id(done)])
+            if out.shape[0] != len(seqs):
+                out = np.zeros((len(seqs), *rows.shape[1:]), dtype=np.float32)
+            out[done] = rows
+            failed.update(done[i] for i in lost)
+
+        try:
+            for batch in batches:
+                if stop is not None and stop():
+                    raise Stopped(f"stopped with {len(batches)} batches planned")
+                if (
+                    in_flight is not None
+                    and max_bytes is not None
+                    and self.inflight_bytes + sizes[id(batch)] > max_bytes
+                ):
+                    read(in_flight)  # both would not fit at once (an input longer than the others): one by one
+                    in_flight = None
                 try:
                     launched = (batch, self._launch([seqs[i] for i in batch]))
+                    self.inflight_bytes += sizes[id(batch)]
                 except Exception as exc:
                     if not is_out_of_memory(exc):
                         raise
                     launched = (batch, [])  # run it again below, split
+                if in_flight is not None:
+                    read(in_flight)
+                in_flight = launched
             if in_flight is not None:
-                done, outs = in_flight
-                rows, lost = self._collect([seqs[i] for i in done], outs)
-                if out is None:
-                    out = np.zeros((len(seqs), *rows.shape[1:]), dtype=np.float32)
-                out[done] = rows
-                failed.update(done[i] for i in lost)
-            in_flight = launched
-        if out is None:
-            out = np.empty((0,), dtype=np.float32)
+                read(in_flight)
+        finally:
+            self.inflight_bytes = 0
         if failed:
             raise OutOfMemory(failed, out)
         return out
+
+    def _bytes(self, seqs: Sequence[Seq], batch: list[int]) -> int:
+        if self.cost is None:
+            return 0
+        width = max(len(seqs[i]) for i in batch)
+        rows = len(batch)
+        if self.buckets:
+            width, rows = bucket(width, LENGTH_BUCKETS), bucket(rows, ROW_BUCKETS)
+        return int(self.cost(rows, width))
 
     def _collect(self, seqs: list[Seq], outs: list[mx.array]) -> tuple[np.ndarray, set[int]]:
         """The rows of a launched batch; on out-of-memory, the batch again in halves, down to one sequence."""

@@ -57,8 +57,10 @@ class Classifier(RunnerModel):
                 out[i] = seq
         return out  # type: ignore[return-value]
 
-    def run(self, seqs: Sequence[Seq], max_batch_tokens: int, stop: Stop | None = None) -> np.ndarray:
-        return self.runner.run(seqs, max_batch_tokens, stop)
+    def run(
+        self, seqs: Sequence[Seq], max_batch_tokens: int, stop: Stop | None = None, max_bytes: int | None = None
+    ) -> np.ndarray:
+        return self.runner.run(seqs, max_batch_tokens, stop, max_bytes)
 
     def scores(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities, logits)."""

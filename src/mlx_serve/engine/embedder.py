@@ -134,8 +134,10 @@ class Embedder:
     ) -> list[Seq]:
         return self.tokenizer.encode(self.prompted(inputs, instruction, input_type, prompt_name), truncate)
 
-    def run(self, seqs: Sequence[Seq], max_batch_tokens: int, stop: Stop | None = None) -> np.ndarray:
-        return self.runner.run(seqs, max_batch_tokens, stop)
+    def run(
+        self, seqs: Sequence[Seq], max_batch_tokens: int, stop: Stop | None = None, max_bytes: int | None = None
+    ) -> np.ndarray:
+        return self.runner.run(seqs, max_batch_tokens, stop, max_bytes)
 
     def embed(
         self,

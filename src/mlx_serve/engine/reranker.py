@@ -38,8 +38,10 @@ class Reranker(RunnerModel):
     ) -> list[Seq]:
         raise NotImplementedError
 
-    def run(self, seqs: Sequence[Seq], max_batch_tokens: int, stop: Stop | None = None) -> np.ndarray:
-        return self.runner.run(seqs, max_batch_tokens, stop).reshape(len(seqs))
+    def run(
+        self, seqs: Sequence[Seq], max_batch_tokens: int, stop: Stop | None = None, max_bytes: int | None = None
+    ) -> np.ndarray:
+        return self.runner.run(seqs, max_batch_tokens, stop, max_bytes).reshape(len(seqs))
 
     def scores(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(scores, raw scores) from the rows the runner gave."""
@@ -95,8 +97,10 @@ class EmbeddingRanker(Reranker):
         query_seqs = self.embedder.tokenize([query], instruction, truncate, input_type="query")
         return query_seqs + self.embedder.tokenize(documents, None, truncate, input_type="document")
 
-    def run(self, seqs: Sequence[Seq], max_batch_tokens: int, stop: Stop | None = None) -> np.ndarray:
-        return self.embedder.run(seqs, max_batch_tokens, stop)
+    def run(
+        self, seqs: Sequence[Seq], max_batch_tokens: int, stop: Stop | None = None, max_bytes: int | None = None
+    ) -> np.ndarray:
+        return self.embedder.run(seqs, max_batch_tokens, stop, max_bytes)
 
     def scores(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         query, docs = rows[0], rows[1:]

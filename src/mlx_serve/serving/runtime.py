@@ -84,7 +84,10 @@ class Runtime:
             metrics,
             on_idle=memory.release_cache,
             idle_after=memory.IDLE_RELEASE_SECONDS,
+            max_inflight_bytes=memory.inflight_budget(settings.max_inflight_bytes),
         )
+        metrics.memory.inflight = lambda: self.scheduler.inflight_bytes
+        metrics.memory.inflight_limit = self.scheduler.max_inflight_bytes
         self.cache = ModelCache(
             {
                 "embedding": settings.cache_max_embedding_models,

@@ -57,7 +57,9 @@ def too_large(index: int) -> DeviceOutOfMemory:
 class BatchModel(Protocol):
     """What the inference thread needs of a loaded model: token sequences in, one row each out."""
 
-    def run(self, seqs: Sequence[Seq], max_batch_tokens: int, stop: Stop | None = None) -> np.ndarray: ...
+    def run(
+        self, seqs: Sequence[Seq], max_batch_tokens: int, stop: Stop | None = None, max_bytes: int | None = None
+    ) -> np.ndarray: ...
 
 
 @dataclass(eq=False)
@@ -87,6 +89,15 @@ class ControlJob:
     future: Future = field(default_factory=Future)
 
 
+def inflight_of(model: object) -> int:
+    """A loaded model's BatchRunner's in-flight bytes (an embedder's, a reranker's, or one wrapped)."""
+    for _ in range(3):
+        if model is None or hasattr(model, "inflight_bytes"):
+            break
+        model = getattr(model, "runner", None) or getattr(model, "embedder", None)
+    return int(getattr(model, "inflight_bytes", 0) or 0)
+
+
 class Scheduler:
     def __init__(
         self,
@@ -95,8 +106,12 @@ class Scheduler:
         metrics: Metrics,
         on_idle: Callable[[], None] | None = None,
         idle_after: float = 2.0,
+        max_inflight_bytes: int | None = None,
     ) -> None:
         self.max_batch_tokens = max_batch_tokens
+        # The activations of the batches on the device at once (engine/batching.py keeps them within it).
+        self.max_inflight_bytes = max_inflight_bytes
+        self._running: BatchModel | None = None
         self.max_queued = max_queued
         self.metrics = metrics
         # Run once on this thread when no batch has come for `idle_after` seconds since the last one
@@ -104,13 +119,17 @@ class Scheduler:
         self.on_idle = on_idle
         self.idle_after = idle_after
         self._ran_since_idle = False
-        self.inflight_bytes = 0  # bytes of batches on the device now
         self._requests: deque[Job] = deque()
         self._control: deque[ControlJob] = deque()
         self._cond = threading.Condition()
         self._closing = False
         self._thread = threading.Thread(target=self._loop, name="mlx-inference", daemon=True)
         self._thread.start()
+
+    @property
+    def inflight_bytes(self) -> int:
+        """The estimated activations of the batches on the device now (0 between runs)."""
+        return inflight_of(self._running)
 
     def submit(self, job: Job) -> Future:
         with self._cond:
@@ -196,8 +215,11 @@ class Scheduler:
             self.metrics.queue_wait.observe(started - job.enqueued)
         seqs = [s for job in jobs for s in job.seqs]
         failed: set[int] = set()
+        self._running = jobs[0].runner
         try:
-            rows = jobs[0].runner.run(seqs, self.max_batch_tokens, stop=lambda: all(j.abandoned for j in jobs))
+            rows = jobs[0].runner.run(
+                seqs, self.max_batch_tokens, lambda: all(j.abandoned for j in jobs), self.max_inflight_bytes
+            )
         except Stopped:
             log.info("run_abandoned", model=jobs[0].model, inputs=len(seqs))
             for job in jobs:
@@ -211,6 +233,8 @@ class Scheduler:
             for job in jobs:
                 job.future.set_exception(exc)
             return
+        finally:
+            self._running = None
         overflowing = self._recompute(jobs[0], seqs, rows, failed)
         self.metrics.batch_size.observe(len(seqs))
         self.metrics.batch_requests.observe(len(jobs))
@@ -239,7 +263,7 @@ class Scheduler:
             return set()
         if job.widen is not None:
             try:
-                again = job.widen().run([seqs[i] for i in bad], self.max_batch_tokens)
+                again = job.widen().run([seqs[i] for i in bad], self.max_batch_tokens, None, self.max_inflight_bytes)
                 rows[bad] = again
             except Exception:  # out of memory for the float32 copy, or a bug: these rows fail alone
                 log.exception("float32_recompute_failed", model=job.model)
