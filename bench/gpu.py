@@ -11,7 +11,9 @@ into a store as a user would. Measured, 16 clients x 32 texts x ~150 tokens unle
 - the peers: sentence-transformers fp16 and fp32 (embeddings, CrossEncoder) and transformers with the
   Qwen3-Reranker model card's recipe, in a process of their own.
 
-Usage: python3 bench/gpu.py build|engine|server|peers|all [--dir DIR] [--out FILE] [--quick]
+- the peak under a burst with max_inflight_bytes (auto) and without (0), in the same run (`memory`);
+
+Usage: python3 bench/gpu.py build|engine|server|memory|peers|all [--dir DIR] [--out FILE] [--quick]
 """
 
 from __future__ import annotations
@@ -537,9 +539,63 @@ def qwen3_reranker_peer(path: Path, device: str) -> None:
     record("peers", "qwen3-rr transformers fp16 model-card recipe pairs/s", round(len(seqs) / seconds))
 
 
+def memory(home: Path, quick: bool) -> None:
+    """The peak under a burst, bounded (max_inflight_bytes auto) and not (0: the code before the bound),
+    in the same run: 16 clients x 32 texts, uniform then varied lengths; tokens/s, MLX's peak since start
+    (/health) and nvidia-smi's highest reading while the burst runs."""
+    load = Load()
+    rounds = 2 if quick else 8
+    try:
+        for name, words in (("qwen3-emb", 30), ("minilm", 150)):
+            for setting in ("0", "auto"):
+                srv = Server(home, [name], {"MLX_SERVE_MAX_INFLIGHT_BYTES": setting})
+                label = f"{name} max_inflight_bytes={setting}"
+                highest = [0]
+                done = threading.Event()
+
+                def watch(pid: int = srv.proc.pid, done: threading.Event = done, highest: list[int] = highest) -> None:
+                    while not done.wait(0.2):
+                        highest[0] = max(highest[0], gpu_memory_mb(pid) or 0)
+
+                watcher = threading.Thread(target=watch, daemon=True)
+                try:
+                    weights = srv.health()["memory"]["active_bytes"]
+                    watcher.start()
+                    for vary in (False, True):
+                        bodies = [
+                            {
+                                "model": name,
+                                "input": texts_of(32, words, seed=100 * r + c, vary=vary),
+                                "encoding_format": "base64",
+                            }
+                            for r in range(rounds)
+                            for c in range(16)
+                        ]
+                        first, tokens, errors = load.run(srv.url, "/v1/embeddings", bodies, 16)  # cold: first pass
+                        record(
+                            "memory",
+                            f"{label} {'varied' if vary else 'uniform'} first pass tokens/s",
+                            round(tokens / first),
+                        )
+                        seconds, tokens, errors = load.run(srv.url, "/v1/embeddings", bodies, 16)
+                        record("memory", f"{label} {'varied' if vary else 'uniform'} tokens/s", round(tokens / seconds))
+                        record("memory", f"{label} errors", errors)
+                    health = srv.health()["memory"]
+                    done.set()
+                    watcher.join()
+                    record("memory", f"{label} weights GB", round(weights / 1e9, 2))
+                    record("memory", f"{label} MLX peak GB", round(health["peak_bytes"] / 1e9, 2))
+                    record("memory", f"{label} nvidia-smi highest GB", round(highest[0] / 1e3, 2))
+                finally:
+                    done.set()
+                    srv.stop()
+    finally:
+        load.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("what", choices=["build", "engine", "server", "peers", "all"])
+    parser.add_argument("what", choices=["build", "engine", "server", "memory", "peers", "all"])
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "mlx-serve-gpu")
     parser.add_argument("--minilm-files", type=Path, default=None, help="all-MiniLM-L6-v2's config and tokenizer")
     parser.add_argument("--out", type=Path, default=None)
@@ -565,6 +621,8 @@ def main() -> None:
                 engine(home, args.quick)
             elif step == "server":
                 server(home, args.quick)
+            elif step == "memory":
+                memory(home, args.quick)
             else:  # in a process of its own: PyTorch never shares one with MLX
                 subprocess.run([sys.executable, __file__, "peers-inner", str(models), str(args.quick)], check=False)
                 peer_out = models.parent / "peers.json"
