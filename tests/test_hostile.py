@@ -306,6 +306,28 @@ def test_work_whose_client_has_gone_stops_and_the_next_request_is_served(server:
     assert embed(server, "next") == 200
 
 
+def test_idle_connections_past_the_slots_cannot_keep_health_away(server: ServerProcess) -> None:
+    """1,100 idle sockets (gunicorn takes 1,000 connections) slowed /health to 8-10 s: new clients waited
+    in the backlog until an idle one timed out. Now the oldest idle connection is closed to make room.
+
+    Reproduce: open 1,100 keep-alive connections, each after one request, then ask /health."""
+    idle = []
+    try:
+        for _ in range(1100):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            sock.sendall(b"GET /ready HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+            idle.append(sock)  # kept alive, idle
+        started = time.monotonic()
+        with urllib.request.urlopen(f"{server.url}/health", timeout=10) as resp:
+            assert resp.status == 200
+        assert time.monotonic() - started < 2
+    finally:
+        for sock in idle:
+            sock.close()
+    assert scraped(server, 'mlx_serve_connections_closed_total{reason="evicted"}') >= 100
+
+
 def test_expect_100_continue_as_curl_sends_it(server: ServerProcess) -> None:
     body = json.dumps({"model": MINILM, "input": "x" * 2000}).encode()
     head = (

@@ -23,7 +23,7 @@ class Doubler:
     def __init__(self, log: list | None = None) -> None:
         self.log = log
 
-    def run(self, seqs: Sequence, max_batch_tokens: int, stop=None) -> np.ndarray:
+    def run(self, seqs: Sequence, max_batch_tokens: int, stop=None, max_bytes=None) -> np.ndarray:
         if self.log is not None:
             self.log.append(("batch", list(seqs)))
         return np.array([[2.0 * len(s)] for s in seqs])
@@ -37,7 +37,7 @@ class Steps:
         self.ran: list[str] = []
         self.gate = threading.Semaphore(0)
 
-    def run(self, seqs: Sequence, max_batch_tokens: int, stop=None) -> np.ndarray:
+    def run(self, seqs: Sequence, max_batch_tokens: int, stop=None, max_bytes=None) -> np.ndarray:
         for s in seqs:
             assert self.gate.acquire(timeout=5)
             if stop is not None and stop():
@@ -107,7 +107,7 @@ def test_a_failing_control_job_fails_only_itself(scheduler) -> None:
 class Tight:
     """A 'model' whose device holds at most 3 characters of input at once, as a GPU holds so many tokens."""
 
-    def run(self, seqs: Sequence, max_batch_tokens: int, stop=None) -> np.ndarray:
+    def run(self, seqs: Sequence, max_batch_tokens: int, stop=None, max_bytes=None) -> np.ndarray:
         out = np.array([[float(len(s))] for s in seqs])
         failed = {i for i, s in enumerate(seqs) if len(s) > 3}
         if failed:

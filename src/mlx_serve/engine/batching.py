@@ -186,19 +186,23 @@ class BatchRunner:
         self.streams = list(streams) or [mx.default_stream(mx.default_device())]
         self.buckets = gpu if buckets is None else buckets
         self.cost: TokenCost | None = None  # measured on the first run given max_bytes
+        self.cost_width = 0  # the width it was measured at
         self.inflight_bytes = 0  # the estimated activations of the batches queued and not yet read
 
-    def measure(self, widths: tuple[int, int] = (64, 256), tokens: int = 512) -> TokenCost:
-        """What a padded token costs this model's activations, from one batch of `tokens` tokens at each
-        of two widths (fitted as base + per_width * width). It also builds those two shapes."""
+    def measure(self, width: int, tokens: int = 512) -> TokenCost:
+        """What a padded token costs this model's activations, from one batch of about `tokens` tokens at
+        `width` (the longest input the model has been given, which its maximum length bounds) and one at a
+        quarter of it, fitted as base + per_width * width. It also builds those shapes."""
+        widths = (max(1, width // 4), max(1, width))
         spent = []
-        for width in widths:
-            rows = max(1, tokens // width)
-            batch = [Seq([self.pad_id] * width) for _ in range(rows)]
+        for w in widths:
+            rows = max(1, tokens // w)
+            batch = [Seq([self.pad_id] * w) for _ in range(rows)]
             used = PEAK.measure(lambda b=batch: [np.array(o) for o in self._launch(b)])
-            spent.append(used / (rows * width))
-        per_width = max(0.0, (spent[1] - spent[0]) / (widths[1] - widths[0]))
-        self.cost = TokenCost(max(1.0, spent[0] - per_width * widths[0]), per_width)
+            spent.append(used / (rows * w))
+        per_width = max(0.0, (spent[1] - spent[0]) / (widths[1] - widths[0])) if widths[1] - widths[0] >= 16 else 0.0
+        self.cost = TokenCost(max(1.0, spent[1] - per_width * widths[1]), per_width)
+        self.cost_width = widths[1]
         return self.cost
 
     def run(
@@ -211,9 +215,20 @@ class BatchRunner:
         previous one's results are read, so a GPU never waits for Python between batches. With
         `max_bytes`, the two in flight stay within it (each batch within half)."""
         fits = None
-        if max_bytes is not None:
-            cost = self.cost or self.measure()
-            fits = lambda rows, width: cost(rows, width) <= max_bytes / 2  # noqa: E731
+        if max_bytes is not None and seqs:
+            width = max(len(s) for s in seqs)
+            # Measured once, and again for inputs over twice as long as those measured (a few times at
+            # most: the model's maximum length bounds them), since attention grows with the width.
+            cost = self.cost
+            if cost is None or width > 2 * self.cost_width:
+                try:
+                    cost = self.measure(width)
+                except Exception as exc:  # the device is full: run as before, splitting what does not fit
+                    if not is_out_of_memory(exc):
+                        raise
+                    mx.clear_cache()
+            if cost is not None:
+                fits = lambda rows, width: cost(rows, width) <= max_bytes / 2  # noqa: E731
         batches = plan_batches([len(s) for s in seqs], max_batch_tokens, self.buckets, fits)
         sizes = {id(b): self._bytes(seqs, b) for b in batches}
         out = np.empty((0,), dtype=np.float32)

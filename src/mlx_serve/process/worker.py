@@ -349,6 +349,29 @@ class Worker(ThreadWorker):
         else:
             self._linger(conn)
 
+    # -- connection slots --------------------------------------------------------------------------
+    def accept(self, listener: Any) -> None:
+        """At worker_connections gthread stops accepting, and a new client (a health check) waits in the
+        backlog until an idle connection times out: 1,100 idle sockets slowed /health to 8-10 s. Room
+        is made instead, by closing the oldest idle connection."""
+        super().accept(listener)
+        while self.nr_conns >= self.worker_connections and self._evict_one():
+            pass
+
+    def _evict_one(self) -> bool:
+        """Close the oldest kept-alive connection (HTTP lets a server close an idle one), else the oldest
+        that has sent nothing yet; False when every connection is busy."""
+        if self.keepalived_conns:
+            conn = self.keepalived_conns.popleft()
+        else:
+            silent = [(state.deadline, conn) for conn, state in self._reading.items() if not state.buf]
+            if not silent:
+                return False
+            conn = min(silent, key=lambda item: item[0])[1]
+        self._close(conn)
+        self._count_closed("evicted")
+        return True
+
     # -- closing ---------------------------------------------------------------------------------
     def _linger(self, conn: Any) -> None:
         """Close without blocking: send FIN, then read and drop what the client still sends until it closes
