@@ -136,10 +136,10 @@ def test_max_bytes_bounds_the_peak_and_changes_no_vector(minilm_dir: Path) -> No
     from mlx_serve.engine.batching import PEAK
 
     model = load_embedder("all-MiniLM-L6-v2", minilm_dir)
-    words = "model server embedding vector search query document rank local machine".split()
-    texts = [" ".join(words[(i + j) % len(words)] for j in range(120)) for i in range(48)]
+    words = ["model", "server", "embedding", "vector", "search", "query", "document", "rank", "local", "machine"]
+    texts = [" ".join(words[(i + j) % len(words)] for j in range(100)) for i in range(24)]
     seqs = model.tokenize(texts)
-    bound = 48 * 2**20
+    bound = 24 * 2**20
     unbounded: list[np.ndarray] = []
     peak_unbounded = PEAK.measure(lambda: unbounded.append(model.run(seqs, 16384)))
     assert peak_unbounded > 2 * bound  # this burst needs more than the bound without one
@@ -152,6 +152,6 @@ def test_max_bytes_bounds_the_peak_and_changes_no_vector(minilm_dir: Path) -> No
 
 def test_a_sequence_over_the_bound_still_runs_alone(minilm_dir: Path) -> None:
     model = load_embedder("all-MiniLM-L6-v2", minilm_dir)
-    seqs = model.tokenize(["word " * 300, "short"])
+    seqs = model.tokenize(["word " * 300] * 9 + ["short"])  # over SMALL_RUN tokens: bounded
     out = model.run(seqs, 16384, None, 1)  # one byte: every batch is over it
     np.testing.assert_allclose(out, model.run(seqs, 16384), atol=1e-5)

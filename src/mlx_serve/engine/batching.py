@@ -38,6 +38,9 @@ LENGTH_BUCKETS = [
     *range(5120, 8193, 1024),
 ]
 ROW_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+# A run of at most this many tokens is never bounded by bytes (nor measured for it): its activations are
+# small beside any bound, and measuring costs two batches.
+SMALL_RUN = 2048
 
 
 def bucket(value: int, buckets: Sequence[int]) -> int:
@@ -215,7 +218,7 @@ class BatchRunner:
         previous one's results are read, so a GPU never waits for Python between batches. With
         `max_bytes`, the two in flight stay within it (each batch within half)."""
         fits = None
-        if max_bytes is not None and seqs:
+        if max_bytes is not None and sum(len(s) for s in seqs) > SMALL_RUN:
             width = max(len(s) for s in seqs)
             # Measured once, and again for inputs over twice as long as those measured (a few times at
             # most: the model's maximum length bounds them), since attention grows with the width.
