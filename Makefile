@@ -48,8 +48,10 @@ else
 	@true
 endif
 
+# The built-in model is preloaded, so the first request is as fast as the rest.
 run: install
-	$(BIN)/mlx-serve start --foreground
+	@echo "serving on http://127.0.0.1:8000 (a page: /status); stop with Ctrl-C"
+	$(BIN)/mlx-serve start --foreground --preload all-MiniLM-L6-v2
 
 # Chromium drives /docs and /status in the suite (tests/test_pages.py): only `make test` installs it.
 test: install browser

@@ -185,3 +185,11 @@ def test_bad_requests_do_not_disturb_concurrent_good_ones(client) -> None:
         assert [b.result() for b in bads] == [400] * 4
         for g in goods:
             np.testing.assert_allclose(g.result(), expected, atol=1e-5)
+
+
+def test_a_text_far_over_the_length_says_how_long_it_is(client) -> None:
+    """Only a long text's start is tokenized (never megabytes): the 400 gives its token floor and its size."""
+    result = embed(client, input=["ok", "word " * 100_000], truncate=False)
+    error = assert_error(result, 400, "invalid_input")
+    assert error["message"].startswith("input[1] has more than ") and "(500,000 characters)" in error["message"]
+    assert "maximum of 256" in error["message"]

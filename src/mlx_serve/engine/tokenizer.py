@@ -15,10 +15,14 @@ from mlx_serve.core.types import (
 from mlx_serve.engine.batching import Seq
 
 
-def too_long(index: int, tokens: int, limit: int, at_least: bool = False) -> InputTooLong:
+def too_long(index: int, tokens: int, limit: int, at_least: bool = False, chars: int | None = None) -> InputTooLong:
+    """`at_least`: only the input's start was tokenized (a long text is never read whole), so the count is a
+    floor; its length in characters says how much longer it is."""
     count = f"more than {tokens}" if at_least else str(tokens)
+    size = f" ({chars:,} characters)" if at_least and chars is not None else ""
     return InputTooLong(
-        f"has {count} tokens, over the model's maximum of {limit}; shorten it or allow truncation", index=index
+        f"has {count} tokens{size}, over the model's maximum of {limit}; shorten it or allow truncation",
+        index=index,
     )
 
 
@@ -86,7 +90,7 @@ class TextTokenizer:
         part = self.bounded(text)
         enc = self._full.encode(part, add_special_tokens=special_tokens)
         if len(enc.ids) > self.max_length:
-            raise too_long(index, len(enc.ids), self.max_length, at_least=part is not text)
+            raise too_long(index, len(enc.ids), self.max_length, at_least=part is not text, chars=len(text))
         return list(enc.ids), [tuple(o) for o in enc.offsets], [bool(m) for m in enc.special_tokens_mask]
 
     def token_text(self, token_id: int) -> str:
@@ -141,7 +145,7 @@ class TextTokenizer:
         encodings = [tok.encode(cuts[0])] if len(cuts) == 1 else tok.encode_batch(cuts)
         for (i, text), part, enc in zip(texts, cuts, encodings, strict=True):
             if len(enc.ids) > self.max_length:
-                raise too_long(i, len(enc.ids), self.max_length, at_least=part is not text)
+                raise too_long(i, len(enc.ids), self.max_length, at_least=part is not text, chars=len(text))
             out[i] = Seq(enc.ids)
 
     def _is_framed(self, ids: list[int]) -> bool:
@@ -176,6 +180,8 @@ class TextTokenizer:
         seqs = []
         for i, (enc, whole, part) in enumerate(zip(tok.encode_batch(cut), pairs, cut, strict=True)):
             if len(enc.ids) > self.max_length:
-                raise too_long(i, len(enc.ids), self.max_length, at_least=part != whole)
+                raise too_long(
+                    i, len(enc.ids), self.max_length, at_least=part != whole, chars=len(whole[0]) + len(whole[1])
+                )
             seqs.append(Seq(enc.ids, enc.type_ids))
         return seqs
