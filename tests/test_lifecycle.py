@@ -211,7 +211,7 @@ def test_a_port_taken_by_another_program(home: Path, address: str) -> None:
             out = cli(home, *args, "--port", str(port))
             assert out.returncode == 69
             assert f"port {port}" in out.stderr and "in use by" in out.stderr
-            assert f"(PID {os.getpid()})" in out.stderr
+            assert f"(PID {os.getpid()}, listening on {address})" in out.stderr
             assert "Traceback" not in out.stderr
 
 

@@ -221,3 +221,12 @@ def test_an_old_setting_name_is_named_on_every_command(home: Path) -> None:
     out = run_cli(home, "config", "--json")
     assert out.returncode == 0 and "cache_ttl_seconds is now called keep_alive" in out.stderr
     assert json.loads(out.stdout)["keep_alive"]["value"] == 120
+
+
+def test_byte_sizes_take_units_as_the_readme_writes_them(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLX_SERVE_MAX_REQUEST_BYTES", "10MiB")
+    monkeypatch.setenv("MLX_SERVE_MAX_INFLIGHT_BYTES", "1.5GiB")
+    settings = load_settings().settings
+    assert settings.max_request_bytes == 10 * 2**20 and settings.max_inflight_bytes == 1536 * 2**20
+    monkeypatch.setenv("MLX_SERVE_MAX_INFLIGHT_BYTES", "auto")
+    assert load_settings().settings.max_inflight_bytes is None

@@ -148,7 +148,13 @@ class Settings(BaseModel):
         return None if isinstance(value, str) and value.strip().lower() == "auto" else value
 
     @field_validator(
-        "mlx_cache_limit", "mlx_memory_limit", "mlx_wired_limit", "log_max_bytes", "max_inflight_bytes", mode="before"
+        "mlx_cache_limit",
+        "mlx_memory_limit",
+        "mlx_wired_limit",
+        "log_max_bytes",
+        "max_inflight_bytes",
+        "max_request_bytes",
+        mode="before",
     )
     @classmethod
     def _size(cls, value: Any) -> Any:

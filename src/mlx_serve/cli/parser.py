@@ -21,7 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--port", type=int, help="port to bind (settings key: port)")
     start.add_argument("--host", help="address to bind (settings key: host)")
     start.add_argument("--preload", action="append", metavar="NAME", help="load a model before serving; repeatable")
-    start.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    start.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="the least severe log lines shown"
+    )
     start.set_defaults(func=server.cmd_start)
 
     stop = sub.add_parser("stop", help="stop a running server (SIGTERM, then wait up to graceful_timeout)")
@@ -34,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="running / stale / stopped, PID, uptime, URL, memory, models")
     status.add_argument("--port", type=int, help="one port (default: every known instance)")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     status.set_defaults(func=server.cmd_status)
 
     svc = sub.add_parser("service", help="run as a systemd user service (Linux) or a launchd agent (macOS)")
@@ -55,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.set_defaults(func=clusters.cmd_cluster)
 
     config = sub.add_parser("config", help="print the effective settings and where each came from")
-    config.add_argument("--json", action="store_true")
+    config.add_argument("--json", action="store_true", help="the settings as one JSON object")
     config.set_defaults(func=server.cmd_config)
 
     unload = sub.add_parser("unload", help="unload a model from a running server (after its in-flight requests)")
@@ -67,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ps = sub.add_parser("ps", help="the models a running server has loaded")
     ps.add_argument("--port", type=int, help="the server's port (default: the port setting, else the only one running)")
-    ps.add_argument("--json", action="store_true")
+    ps.add_argument("--json", action="store_true", help="the loaded models as JSON")
     ps.set_defaults(func=models.cmd_ps)
 
     pull = sub.add_parser("pull", help="pull a model from the Hugging Face Hub or a local directory")
@@ -85,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = sub.add_parser("show", help="a stored model's details")
     show.add_argument("name")
-    show.add_argument("--json", action="store_true")
+    show.add_argument("--json", action="store_true", help="the details as one JSON object")
     show.set_defaults(func=models.cmd_show)
 
     remove = sub.add_parser("remove", help="delete a model from the store (a running server unloads it first)")
@@ -94,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     remove.set_defaults(func=models.cmd_remove)
 
     lst = sub.add_parser("list", help="list the models in the store")
-    lst.add_argument("--json", action="store_true")
+    lst.add_argument("--json", action="store_true", help="the models as JSON")
     lst.set_defaults(func=models.cmd_list)
     return p
 

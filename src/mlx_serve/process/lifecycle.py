@@ -176,7 +176,8 @@ def _listener(port: int) -> str | None:
         for conn in psutil.net_connections(kind="inet"):
             if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
                 proc = psutil.Process(conn.pid)
-                return f"{proc.name()} (PID {conn.pid})"
+                # The address it listens on: the holder of 127.0.0.1:P may well be on 0.0.0.0.
+                return f"{proc.name()} (PID {conn.pid}, listening on {conn.laddr.ip})"
     except (psutil.AccessDenied, psutil.NoSuchProcess):
         pass
     return _lsof_listener(port)
