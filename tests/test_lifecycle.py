@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -274,3 +275,6 @@ def test_show_of_the_built_in_model_says_it_was_never_pulled(home: Path) -> None
     assert shown["created"] == int(builtin_model_dir().stat().st_mtime)  # the package's files, not "now"
     text = cli(home, "show", MINILM).stdout
     assert "None" not in text and "pulled_at" in text
+    # For people, times read as times and sizes as sizes (--json keeps the raw values).
+    created = dt.datetime.fromtimestamp(shown["created"], dt.timezone.utc).isoformat(timespec="seconds")
+    assert f"created       {created}" in text and f"MB ({shown['size']} bytes)" in text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import json
 import os
 import signal
@@ -134,8 +135,19 @@ def cmd_show(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     else:
         width = max(len(k) for k in details)
         for key, value in details.items():
-            print(f"{key:<{width}}  {'-' if value is None else value}")
+            print(f"{key:<{width}}  {_shown(key, value)}")
     return 0
+
+
+def _shown(key: str, value: object) -> str:
+    """A detail for people: times in UTC like pulled_at, sizes in MB (`--json` keeps the raw values)."""
+    if value is None:
+        return "-"
+    if key == "created" and isinstance(value, int):
+        return dt.datetime.fromtimestamp(value, dt.timezone.utc).isoformat(timespec="seconds")
+    if key == "size" and isinstance(value, int):
+        return f"{value / 1e6:.1f} MB ({value} bytes)"
+    return str(value)
 
 
 def cmd_remove(args: argparse.Namespace, loaded: LoadedSettings) -> int:
