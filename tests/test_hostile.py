@@ -328,6 +328,30 @@ def test_idle_connections_past_the_slots_cannot_keep_health_away(server: ServerP
     assert scraped(server, 'mlx_serve_connections_closed_total{reason="evicted"}') >= 100
 
 
+def test_a_stopped_worker_does_not_time_out_clients_that_sent_in_time(server: ServerProcess) -> None:
+    """A 30 s SIGSTOP of the worker gave 408s to three clients that had sent everything in time: the
+    deadline counted while the server, not the client, was not running.
+
+    Reproduce: kill -STOP the worker, send a whole request, wait past client_timeout, kill -CONT."""
+    import os
+    import signal
+
+    (worker,) = psutil.Process(server.proc.pid).children()
+    whole = post_json("/v1/embeddings", {"model": MINILM, "input": "sent in time"})
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    sock.sendall(whole[:40])  # the worker has taken the connection and reads it...
+    time.sleep(0.5)
+    os.kill(worker.pid, signal.SIGSTOP)
+    try:
+        sock.sendall(whole[40:])  # ...and the rest arrives in time, while the worker is stopped
+        time.sleep(TIMEOUT + 1.5)
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+    with sock:
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+
+
 def test_expect_100_continue_as_curl_sends_it(server: ServerProcess) -> None:
     body = json.dumps({"model": MINILM, "input": "x" * 2000}).encode()
     head = (
