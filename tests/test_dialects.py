@@ -263,3 +263,18 @@ def test_ollama_pull_streams_progress_or_answers_once(fake) -> None:
     assert intent(fake, PullIntent) == PullIntent("org/new-model", type="reranker")
     once = post(fake, "/api/pull", model="org/missing", stream=False)
     assert once.json["error"] == "no model at 'org/missing'"
+
+
+# -- Infinity's /classify ---------------------------------------------------------------------------------
+def test_infinity_classify_answers_each_input_best_first(fake) -> None:
+    result = post(fake, "/classify", model=CLASSIFIER, input=["great film", "dull"]).json
+    assert result["object"] == "classify" and result["model"] == CLASSIFIER and len(result["data"]) == 2
+    for row in result["data"]:
+        assert {r["label"] for r in row} == {"negative", "positive"}
+        assert [r["score"] for r in row] == sorted((r["score"] for r in row), reverse=True)
+        assert sum(r["score"] for r in row) == pytest.approx(1)
+    assert intent(fake, ClassifyIntent).inputs == ["great film", "dull"]
+    raw = post(fake, "/classify", model=CLASSIFIER, input=["great film"], raw_scores=True).json["data"][0]
+    assert sum(r["score"] for r in raw) != pytest.approx(1)  # logits, not probabilities
+    assert_openai_error(post(fake, "/classify", model=EMBEDDER, input=["x"]), 400, "invalid_model")
+    assert_openai_error(post(fake, "/classify", model=CLASSIFIER, input=["x"], top_k=1), 400, "unknown_field")

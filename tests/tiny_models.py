@@ -92,8 +92,11 @@ def qwen3(path: Path, kind: str, seed: int = 0, tie: bool = True) -> Path:
     return path
 
 
-def bert_cross_encoder(path: Path, seed: int = 0) -> Path:
-    """A BertForSequenceClassification with one label, and a WordPiece tokenizer that encodes pairs."""
+def bert_cross_encoder(
+    path: Path, seed: int = 0, labels: tuple[str, ...] = (), problem_type: str | None = None
+) -> Path:
+    """A BertForSequenceClassification with one label (a cross-encoder), or with `labels` (a classifier;
+    `problem_type` "multi_label_classification" for sigmoids), and a WordPiece tokenizer that encodes pairs."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertConfig, BertForSequenceClassification
 
@@ -115,9 +118,14 @@ def bert_cross_encoder(path: Path, seed: int = 0) -> Path:
         num_attention_heads=4,
         intermediate_size=64,
         max_position_embeddings=128,
-        num_labels=1,
+        num_labels=len(labels) or 1,
         pad_token_id=0,
     )
+    if labels:
+        config.id2label = dict(enumerate(labels))
+        config.label2id = {label: i for i, label in enumerate(labels)}
+    if problem_type:
+        config.problem_type = problem_type
     model = _randomized(BertForSequenceClassification(config), seed)
     model.save_pretrained(path, safe_serialization=True)
     return path
