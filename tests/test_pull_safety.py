@@ -255,3 +255,18 @@ def test_pulls_have_a_limit_of_their_own_and_a_pull_whose_client_left_is_killed(
 
 def test_the_builtin_name_is_fine(store) -> None:
     assert validate_name(MINILM) == MINILM
+
+
+def test_a_folder_called_model_is_named_after_the_folder_above(store, minilm_dir: Path, tmp_path: Path) -> None:
+    """Pulling `.../bge-m3/model` without --name stored a model called `model`; a Hugging Face cache
+    snapshot would have been named after its commit hash."""
+    from mlx_serve.store.pull import default_name
+
+    folder = tmp_path / "my-minilm" / "model"
+    shutil.copytree(minilm_dir, folder)
+    entry, _ = pull(store, str(folder), prepare=prepare)
+    assert entry.name == "my-minilm"
+    snapshot = tmp_path / "hub" / "models--BAAI--bge-m3" / "snapshots" / ("0123456789abcdef" * 3)[:40]
+    assert default_name(str(snapshot)) == "bge-m3"
+    assert default_name("Qwen/Qwen3-Embedding-0.6B") == "Qwen3-Embedding-0.6B"
+    assert default_name(str(tmp_path / "plain-name")) == "plain-name"

@@ -41,9 +41,23 @@ BUILTIN = "the built-in model"
 CHECK_SECONDS = 0.25  # how often a pull's monitor looks at its deadline and its client
 
 
+GENERIC_FOLDERS = frozenset({"model", "models", "snapshot", "weights", "checkpoint", "final", "."})
+_COMMIT = re.compile(r"[0-9a-f]{40}\Z")
+
+
 def default_name(source: str) -> str:
-    """`Qwen/Qwen3-Embedding-0.6B` -> `Qwen3-Embedding-0.6B`; a directory -> its own name."""
-    return Path(source.rstrip("/")).name
+    """`Qwen/Qwen3-Embedding-0.6B` -> `Qwen3-Embedding-0.6B`; a directory -> its own name, unless that name
+    says nothing (`model`, `.`, a Hugging Face cache snapshot's commit hash): then the first folder above it
+    that does (`.../bge-m3/model` -> `bge-m3`; `.../models--BAAI--bge-m3/snapshots/<hash>` -> `bge-m3`)."""
+    path = Path(source.rstrip("/") or "/")
+    if _REPO_ID.match(source) and not path.exists():
+        return path.name
+    for part in reversed(path.expanduser().absolute().parts):
+        if part.startswith("models--"):  # the Hugging Face cache: models--ORG--NAME
+            return part.split("--")[-1]
+        if part.lower() not in GENERIC_FOLDERS and part != "snapshots" and not _COMMIT.match(part) and part != "/":
+            return part
+    return path.name
 
 
 def pull(
