@@ -225,6 +225,18 @@ def test_ollama_client_embeds_and_reads_ps_and_show(server: ServerProcess) -> No
     assert refused.value.status_code == 404 and "no-such-model" in refused.value.error
 
 
+def test_langchain_ollama_embeddings_with_its_defaults(server: ServerProcess) -> None:
+    """langchain-ollama sends many options set to null and `keep_alive`; its vectors are ours."""
+    from langchain_ollama import OllamaEmbeddings
+
+    embeddings = OllamaEmbeddings(
+        model=MINILM, base_url=server.url, client_kwargs={"headers": {"Authorization": f"Bearer {KEY}"}}
+    )
+    ours = our_vectors(server, TEXTS)
+    assert cosine(np.array(embeddings.embed_documents(TEXTS)), ours).min() > 0.999999
+    assert cosine(np.array([embeddings.embed_query(TEXTS[0])]), ours[:1]).min() > 0.999999
+
+
 def test_huggingface_hub_inference_client_speaks_tei(server: ServerProcess) -> None:
     from huggingface_hub import InferenceClient
 
@@ -232,6 +244,16 @@ def test_huggingface_hub_inference_client_speaks_tei(server: ServerProcess) -> N
     ours = our_vectors(server, TEXTS)
     vectors = np.array([client.feature_extraction(text) for text in TEXTS]).reshape(len(TEXTS), -1)
     assert cosine(vectors, ours).min() > 0.999999
+
+
+def test_llama_index_text_embeddings_inference(server: ServerProcess) -> None:
+    """llama-index's TEI class posts {inputs, truncate} to /embed, naming no model: the default one answers."""
+    from llama_index.embeddings.text_embeddings_inference import TextEmbeddingsInference
+
+    embed_model = TextEmbeddingsInference(model_name=MINILM, base_url=server.url, auth_token=KEY)
+    ours = our_vectors(server, TEXTS)
+    assert cosine(np.array(embed_model.get_text_embedding_batch(TEXTS)), ours).min() > 0.999999
+    assert cosine(np.array([embed_model.get_query_embedding(TEXTS[0])]), ours[:1]).min() > 0.999999
 
 
 def test_voyage_client_gets_the_dimensions_and_dtype_it_asks_for(server: ServerProcess) -> None:
