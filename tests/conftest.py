@@ -268,6 +268,16 @@ def module_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield home
 
 
+def assert_error(result: testing.Result, status: int, code: str) -> dict:
+    """An error in OpenAI's shape, with this status and code (any code if ""), and no trace in it."""
+    assert result.status_code == status, result.text
+    error = result.json["error"]
+    assert set(error) >= {"message", "type", "code"}
+    assert error["code"] == code or not code
+    assert error["message"] and "Traceback" not in error["message"]
+    return error
+
+
 def metric(client: testing.TestClient, name: str) -> float | None:
     """One sample of /metrics, by its name and labels as printed, or None."""
     for line in client.simulate_get("/metrics").text.splitlines():

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from falcon import testing
 
-from .conftest import MINILM, App
+from .conftest import MINILM, App, assert_error
 
 
 @pytest.fixture
@@ -27,15 +27,6 @@ def client(app: App) -> testing.TestClient:
 
 def embed(client: testing.TestClient, **body) -> testing.Result:
     return client.simulate_post("/v1/embeddings", json={"model": MINILM, **body})
-
-
-def assert_error(result: testing.Result, status: int, code: str) -> dict:
-    assert result.status_code == status, result.text
-    error = result.json["error"]
-    assert set(error) >= {"message", "type", "code"}
-    assert error["code"] == code or not code
-    assert error["message"] and "Traceback" not in error["message"]
-    return error
 
 
 def test_embeds_a_string_with_openai_shape_and_usage(client) -> None:

@@ -11,21 +11,12 @@ from falcon import testing
 
 from mlx_serve.core.intents import EmbedIntent
 
-from .conftest import FakeApp
+from .conftest import FakeApp, assert_error
 from .fake_service import DIMENSIONS, EMBEDDER
 
 
 def embed(client: testing.TestClient, **body) -> testing.Result:
     return client.simulate_post("/v1/embeddings", json={"model": EMBEDDER, **body})
-
-
-def assert_error(result: testing.Result, status: int, code: str) -> dict:
-    assert result.status_code == status, result.text
-    error = result.json["error"]
-    assert set(error) >= {"message", "type", "code"}
-    assert error["code"] == code or not code
-    assert error["message"] and "Traceback" not in error["message"]
-    return error
 
 
 def last_intent(app: FakeApp) -> EmbedIntent:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -27,7 +28,9 @@ BROWSERS = (
 def browser() -> Iterator[object]:
     executable = next((found for name in BROWSERS if (found := shutil.which(name))), None)
     if executable is None:
-        pytest.skip("no Chromium or Chrome here: `make test` installs Debian's chromium; on a Mac install Chrome")
+        if sys.platform == "darwin":  # make test installs chromium on Linux only
+            pytest.skip("no Chrome here: install Google Chrome to run the page tests")
+        raise AssertionError("Chromium is part of the test install: run `make test` (it installs chromium)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

@@ -72,7 +72,8 @@ class Metrics:
         )
         self.connections_closed = Counter(
             "mlx_serve_connections_closed",
-            "Connections the server closed on a client, by reason (send_timeout: it did not take its answer)",
+            "Connections the server closed on a client, by reason (send_timeout: it did not take its answer; "
+            "evicted: idle, closed to make room when every connection slot was taken)",
             ["reason"],
             registry=r,
         )

@@ -230,8 +230,10 @@ class BatchRunner:
                     if not is_out_of_memory(exc):
                         raise
                     mx.clear_cache()
-            if cost is not None:
-                fits = lambda rows, width: cost(rows, width) <= max_bytes / 2  # noqa: E731
+            if cost is not None:  # as _bytes counts a batch: its width arrives bucketed, its rows too
+                fits = lambda rows, width: (  # noqa: E731
+                    cost(bucket(rows, ROW_BUCKETS) if self.buckets else rows, width) <= max_bytes / 2
+                )
         batches = plan_batches([len(s) for s in seqs], max_batch_tokens, self.buckets, fits)
         sizes = {id(b): self._bytes(seqs, b) for b in batches}
         out = np.empty((0,), dtype=np.float32)

@@ -267,9 +267,11 @@ class Runtime:
                         f"The server is busy: no result within {self.settings.request_timeout:g} s."
                     ) from None
                 if client.gone():
+                    # A load (no job) goes on for the next request of its model; a job is cancelled if
+                    # still queued, and stops before its next batch if running.
+                    dropped = job is None or future.cancel()
                     if job is not None:
-                        job.abandoned = True  # running: it stops before its next batch
-                    dropped = future.cancel()
+                        job.abandoned = True
                     self.metrics.abandoned.labels("queued" if dropped else "running").inc()
                     raise ClientClosed("the client went away before its answer was ready") from None
 

@@ -90,12 +90,8 @@ class ControlJob:
 
 
 def inflight_of(model: object) -> int:
-    """A loaded model's BatchRunner's in-flight bytes (an embedder's, a reranker's, or one wrapped)."""
-    for _ in range(3):
-        if model is None or hasattr(model, "inflight_bytes"):
-            break
-        model = getattr(model, "runner", None) or getattr(model, "embedder", None)
-    return int(getattr(model, "inflight_bytes", 0) or 0)
+    """A loaded model's in-flight bytes: every model runs through its `runner` (engine/batching.py)."""
+    return int(getattr(getattr(model, "runner", None), "inflight_bytes", 0))
 
 
 class Scheduler:

@@ -102,9 +102,14 @@ def open_regular(path: Path) -> int:
         if exc.errno == errno.ELOOP:
             raise RefusedFolder(f"{path.name} became a link while it was read: refused") from None
         raise
+    return _regular(fd, path.name)
+
+
+def _regular(fd: int, name: object) -> int:
+    """`fd` in blocking mode if it is a regular file; else closed, and RefusedFolder (a FIFO, a device)."""
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise RefusedFolder(f"{path.name} is not a regular file: refused")
+        raise RefusedFolder(f"{name} is not a regular file: refused")
     os.set_blocking(fd, True)
     return fd
 
@@ -130,11 +135,7 @@ def open_beneath(item: ModelFile) -> int:
                 f"{item.relative} (or a folder above it) became a link while it was read: refused"
             ) from None
         raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise RefusedFolder(f"{item.relative} is not a regular file: refused")
-    os.set_blocking(fd, True)
-    return fd
+    return _regular(fd, item.relative)
 
 
 def read_text(path: Path | ModelFile) -> str:
