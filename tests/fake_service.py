@@ -35,7 +35,7 @@ from mlx_serve.core.intents import (
     TokenizeIntent,
     Tokens,
 )
-from mlx_serve.core.types import Input, ModelType, Truncation
+from mlx_serve.core.types import Input, ModelType, Output, Truncation
 from mlx_serve.store import progress
 
 EMBEDDER, RERANKER, CLASSIFIER = "fake-embed", "fake-rerank", "fake-classify"
@@ -98,8 +98,8 @@ class FakeService:
             raise ModelNotFound(f"The model {name!r} does not exist. The models here: {names}.", param="model")
         return self.catalogue[name]
 
-    def default_model(self, type: ModelType) -> ModelInfo:
-        candidates = [m for m in self.models() if m.type == type]
+    def default_model(self, type: ModelType, output: Output | None = None) -> ModelInfo:
+        candidates = [m for m in self.models() if m.type == type and (output is None or output in m.outputs)]
         if len(candidates) != 1:
             raise InvalidRequest(f"{len(candidates)} {type} models could be meant: name one", param="model")
         return candidates[0]

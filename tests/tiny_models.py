@@ -355,3 +355,78 @@ def modernbert(path: Path, kind: str, seed: int = 0) -> Path:
     if kind == "embedding":
         sentence_transformers_files(path, 32, "cls", max_seq_length=200)
     return path
+
+
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def splade(path: Path, seed: int = 0, pooling: str = "max", activation: str = "relu", legacy: bool = True) -> Path:
+    """A BertForMaskedLM saved by sentence-transformers as a SparseEncoder (MLM transformer +
+    SpladePooling), as naver's and opensearch's SPLADE models are: `legacy` writes the MLMTransformer
+    module, else the newer Transformer with transformer_task fill-mask. Query and document prompts."""
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.sparse_encoder.modules import MLMTransformer, SpladePooling
+    from transformers import BertConfig, BertForMaskedLM
+
+    source = path.with_name(path.name + "-mlm")
+    source.mkdir(parents=True, exist_ok=True)
+    wordpiece_tokenizer(source, BERT_SPECIALS, "[CLS] $A [SEP]", "[CLS] $A [SEP] $B:1 [SEP]:1", 128)
+    config = BertConfig(
+        vocab_size=300,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        pad_token_id=0,
+    )
+    _randomized(BertForMaskedLM(config), seed).save_pretrained(source)
+    if legacy:
+        transformer = MLMTransformer(str(source))
+    else:
+        from sentence_transformers.base.modules import Transformer
+
+        transformer = Transformer(str(source), transformer_task="fill-mask")
+    encoder = SparseEncoder(
+        modules=[transformer, SpladePooling(pooling, activation)],
+        prompts={"query": "query: ", "document": "passage: "},
+    )
+    encoder.save(str(path))
+    return path
+
+
+def bge_m3(path: Path, seed: int = 0, heads: tuple[str, ...] = ("sparse", "colbert")) -> Path:
+    """An XLMRobertaModel in BGE-M3's layout: cls pooling and Normalize (sentence-transformers' files), and
+    FlagEmbedding's heads beside the weights as PyTorch pickles: sparse_linear.pt (D -> 1) and
+    colbert_linear.pt (D -> D)."""
+    import torch
+
+    xlm_roberta(path, "embedding", seed=seed)
+    sentence_transformers_files(path, 32, "cls", max_seq_length=100)
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": 100,
+        "bos_token": "<s>",
+        "cls_token": "<s>",
+        "eos_token": "</s>",
+        "sep_token": "</s>",
+        "pad_token": "<pad>",
+        "unk_token": "<unk>",
+        "mask_token": "<mask>",
+    }
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    from transformers import AutoTokenizer, XLMRobertaModel
+
+    torch.manual_seed(seed + 1000)
+    for head, width in (("sparse", 1), ("colbert", 32)):
+        if head in heads:
+            linear = torch.nn.Linear(32, width)
+            with torch.no_grad():
+                linear.weight.normal_(0, 0.3)
+                linear.bias.normal_(0, 0.1)
+                if head == "sparse":  # centred on the corpus's tokens: about half of them weigh above 0
+                    tokens = AutoTokenizer.from_pretrained(path)(CORPUS[:9], padding=True, return_tensors="pt")
+                    hidden = XLMRobertaModel.from_pretrained(path).eval()(**tokens).last_hidden_state
+                    linear.bias -= linear(hidden[tokens["attention_mask"].bool()]).median()
+            torch.save(linear.state_dict(), path / f"{head}_linear.pt")
+    return path

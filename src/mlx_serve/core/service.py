@@ -22,7 +22,7 @@ from mlx_serve.core.intents import (
     TokenizeIntent,
     Tokens,
 )
-from mlx_serve.core.types import ModelType
+from mlx_serve.core.types import ModelType, Output
 
 
 class Service(Protocol):
@@ -37,7 +37,8 @@ class Service(Protocol):
     # The models.
     def models(self) -> list[ModelInfo]: ...
     def model(self, name: str) -> ModelInfo: ...  # ModelNotFound (with the names there are)
-    def default_model(self, type: ModelType) -> ModelInfo: ...  # for requests that name none (TEI)
+    # For requests that name none (TEI's); with `output`, among the models that give it.
+    def default_model(self, type: ModelType, output: Output | None = None) -> ModelInfo: ...
     def describe(self, name: str) -> dict[str, Any]: ...  # every stored detail, no absolute path
     def loaded(self) -> list[LoadedModel]: ...
     def memory(self) -> Memory: ...

@@ -26,8 +26,12 @@ if TYPE_CHECKING:
     from mlx_serve.engine.tokenizer import TextTokenizer
 
 PaddingSide = Literal["right", "left"]
-# (ids, type_ids, mask, padded) -> one output row per sequence, (B, ...)
-Head = Callable[[mx.array, mx.array, mx.array, bool], mx.array]
+# (ids, type_ids, mask, padded) -> one output row per sequence, (B, ...); or a tuple of such outputs, some
+# of them one row per token (B, L, ...): see BatchRunner's `per_token`.
+Head = Callable[[mx.array, mx.array, mx.array, bool], mx.array | tuple[mx.array, ...]]
+# What a runner gives: one row per sequence, stacked; or, for a head of several outputs, per sequence a
+# tuple of them, the per-token ones cut to the sequence's own tokens (None for one that did not fit).
+Rows = np.ndarray | list
 
 LENGTH_BUCKETS = [
     *range(32, 257, 32),
@@ -108,6 +112,13 @@ class PeakMemory:
 PEAK = PeakMemory()  # MLX's counter is the process's: so is this, its memory
 
 
+def finite_rows(rows: Rows) -> np.ndarray:
+    """Whether each row holds only finite values (a row that did not fit counts as finite)."""
+    if isinstance(rows, np.ndarray):
+        return np.isfinite(rows.reshape(len(rows), -1)).all(axis=1) if len(rows) else np.ones(0, bool)
+    return np.array([row is None or all(np.isfinite(part).all() for part in row) for row in rows], dtype=bool)
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """MLX reports a failed device allocation as a RuntimeError (CUDA: cudaMallocAsync ... out of memory;
     Metal: [METAL] Command buffer execution failed: Insufficient Memory)."""
@@ -177,7 +188,10 @@ class BatchRunner:
         streams: Sequence[mx.Stream],
         buckets: bool | None = None,
         compiled: bool | None = None,
+        per_token: tuple[bool, ...] | None = None,
     ) -> None:
+        """`per_token`: the head returns a tuple of outputs, and these of them have a row per token (cut
+        to each sequence's length; right padding only)."""
         gpu = mx.default_device() == mx.gpu
         # On a GPU the whole head is one compiled function: the Python that builds a batch's graph (some
         # 150 operations for MiniLM) runs once per shape instead of once per batch, and element-wise work
@@ -188,6 +202,8 @@ class BatchRunner:
         self.padding_side = padding_side
         self.streams = list(streams) or [mx.default_stream(mx.default_device())]
         self.buckets = gpu if buckets is None else buckets
+        assert per_token is None or padding_side == "right"
+        self.per_token = per_token
         self.cost: TokenCost | None = None  # measured on the first run given max_bytes
         self.cost_width = 0  # the width it was measured at
         self.inflight_bytes = 0  # the estimated activations of the batches queued and not yet read
@@ -201,7 +217,7 @@ class BatchRunner:
         for w in widths:
             rows = max(1, tokens // w)
             batch = [Seq([self.pad_id] * w) for _ in range(rows)]
-            used = PEAK.measure(lambda b=batch: [np.array(o) for o in self._launch(b)])
+            used = PEAK.measure(lambda b=batch: self._rows(b, self._launch(b)))
             spent.append(used / (rows * w))
         per_width = max(0.0, (spent[1] - spent[0]) / (widths[1] - widths[0])) if widths[1] - widths[0] >= 16 else 0.0
         self.cost = TokenCost(max(1.0, spent[1] - per_width * widths[1]), per_width)
@@ -210,8 +226,8 @@ class BatchRunner:
 
     def run(
         self, seqs: Sequence[Seq], max_batch_tokens: int, stop: Stop | None = None, max_bytes: int | None = None
-    ) -> np.ndarray:
-        """One output row per sequence, in order. Raises OutOfMemory (with every other row) when some
+    ) -> Rows:
+        """One output row per sequence, in order (see Rows). Raises OutOfMemory (with every other row) when some
         sequences did not fit in device memory even alone, and Stopped when `stop()` says so before a batch.
 
         Batches run back to back: the next batch's arrays are built and queued (mx.async_eval) before the
@@ -236,7 +252,7 @@ class BatchRunner:
                 )
         batches = plan_batches([len(s) for s in seqs], max_batch_tokens, self.buckets, fits)
         sizes = {id(b): self._bytes(seqs, b) for b in batches}
-        out = np.empty((0,), dtype=np.float32)
+        out: Rows = np.empty((0,), dtype=np.float32) if self.per_token is None else [None] * len(seqs)
         failed: set[int] = set()
         in_flight: tuple[list[int], list[mx.array]] | None = None
 
@@ -245,9 +261,13 @@ class BatchRunner:
             done, outs = flight
             rows, lost = self._collect([seqs[i] for i in done], outs)
             self.inflight_bytes = max(0, self.inflight_bytes - sizes[id(done)])
-            if out.shape[0] != len(seqs):
-                out = np.zeros((len(seqs), *rows.shape[1:]), dtype=np.float32)
-            out[done] = rows
+            if isinstance(out, list):
+                for k, i in enumerate(done):
+                    out[i] = rows[k]
+            else:
+                if out.shape[0] != len(seqs):
+                    out = np.zeros((len(seqs), *rows.shape[1:]), dtype=np.float32)
+                out[done] = rows
             failed.update(done[i] for i in lost)
 
         try:
@@ -288,18 +308,32 @@ class BatchRunner:
             width, rows = bucket(width, LENGTH_BUCKETS), bucket(rows, ROW_BUCKETS)
         return int(self.cost(rows, width))
 
-    def _collect(self, seqs: list[Seq], outs: list[mx.array]) -> tuple[np.ndarray, set[int]]:
+    def _rows(self, seqs: list[Seq], outs: list) -> Rows:
+        """A launched batch's outputs read back: one row per sequence (see Rows)."""
+        if self.per_token is None:
+            return np.concatenate([np.array(o) for o in outs])
+        rows: list = []
+        for part in outs:
+            arrays = [np.array(o) for o in part]
+            for r in range(arrays[0].shape[0]):
+                n = len(seqs[len(rows)])
+                rows.append(tuple(a[r, :n] if tok else a[r] for a, tok in zip(arrays, self.per_token, strict=True)))
+        return rows
+
+    def _collect(self, seqs: list[Seq], outs: list) -> tuple[Rows, set[int]]:
         """The rows of a launched batch; on out-of-memory, the batch again in halves, down to one sequence."""
         try:
             if not outs:
                 raise MemoryError("out of memory")  # the launch itself ran out of memory
-            return np.concatenate([np.array(o) for o in outs]), set()
+            return self._rows(seqs, outs), set()
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
         del outs
         mx.clear_cache()  # give back what the failed batch held before trying smaller ones
         if len(seqs) == 1:
+            if self.per_token is not None:
+                return [None], {0}
             return np.zeros((1, *self._row_shape()), dtype=np.float32), {0}
         half = len(seqs) // 2
         parts = []
@@ -314,13 +348,15 @@ class BatchRunner:
             rows, part_lost = self._collect(part, outs)
             parts.append(rows)
             lost.update(offset + i for i in part_lost)
+        if self.per_token is not None:
+            return parts[0] + parts[1], lost
         return np.concatenate(parts), lost
 
     def _row_shape(self) -> tuple[int, ...]:
         probe = self._launch([Seq([self.pad_id])])
         return tuple(np.array(probe[0]).shape[1:])
 
-    def _launch(self, seqs: list[Seq]) -> list[mx.array]:
+    def _launch(self, seqs: list[Seq]) -> list:
         """One batch, split across the streams and queued: MLX runs each CPU stream on its own thread, so
         on a CPU the element-wise work (GELU, softmax, norms), which MLX does on one core, uses them all."""
         bounds = split_evenly([len(s) for s in seqs], len(self.streams))
@@ -329,7 +365,7 @@ class BatchRunner:
         mx.async_eval(outs)
         return outs
 
-    def _forward(self, seqs: list[Seq], stream: mx.Stream) -> mx.array:
+    def _forward(self, seqs: list[Seq], stream: mx.Stream) -> mx.array | tuple[mx.array, ...]:
         # Inputs arrive sorted by length, so each part pads only to its own longest member.
         width = max(len(s) for s in seqs)
         rows = len(seqs)
@@ -347,7 +383,10 @@ class BatchRunner:
                 type_ids[row, span] = seq.type_ids
         padded = rows != len(seqs) or any(len(s) != width for s in seqs)
         with mx.stream(stream):
-            out = self.head(mx.array(ids), mx.array(type_ids), mx.array(mask), padded).astype(mx.float32)
+            out = self.head(mx.array(ids), mx.array(type_ids), mx.array(mask), padded)
+            if isinstance(out, tuple):
+                return tuple(o.astype(mx.float32)[: len(seqs)] for o in out)
+            out = out.astype(mx.float32)
         return out[: len(seqs)] if rows != len(seqs) else out
 
 

@@ -6,20 +6,23 @@ score is its sigmoid, computed on the host:
   first's (whose sigmoid is the softmax probability of the second);
 - Qwen3-Reranker (families/qwen3.py): the "yes" logit minus the "no" logit at the last position (whose
   sigmoid is P("yes") of a softmax over the two);
-- an embedding model: the cosine similarity of the query's and each document's vectors (score and raw).
+- an embedding model: the cosine similarity of the query's and each document's vectors (score and raw);
+  one with per-token vectors (BGE-M3): MaxSim over them (multivector.py), as FlagEmbedding scores them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import mlx.core as mx
 import numpy as np
 
 from mlx_serve.core.errors import InvalidRequest
-from mlx_serve.core.types import Truncation
+from mlx_serve.core.types import Output, Truncation
 from mlx_serve.engine.batching import RunnerModel, Seq, Stop
 from mlx_serve.engine.embedder import Embedder
+from mlx_serve.engine.multivector import maxsim, per_text
 
 Arrays = Callable[[], list[mx.array]]
 
@@ -86,6 +89,8 @@ def cross_encoder_head(classifier: Callable[..., mx.array], labels: int = 1) -> 
 class EmbeddingRanker(Reranker):
     """An embedding model asked to rerank: cosine similarity between the query and each document."""
 
+    outputs: tuple[Output, ...] = ("dense",)  # what the embedder is run for
+
     def __init__(self, embedder: Embedder) -> None:
         self.embedder = embedder
         super().__init__(embedder.name, embedder.tokenizer, embedder.runner, embedder.arrays)
@@ -107,3 +112,15 @@ class EmbeddingRanker(Reranker):
         norms = np.maximum(np.linalg.norm(docs, axis=1) * np.linalg.norm(query), 1e-12)
         cosine = ((docs @ query) / norms).astype(np.float32)
         return cosine, cosine
+
+
+class MaxSimRanker(EmbeddingRanker):
+    """An embedding model with per-token vectors asked to rerank: MaxSim between the query's and each
+    document's vectors (FlagEmbedding's colbert_score)."""
+
+    outputs = ("multivector",)
+
+    def scores(self, rows: Any) -> tuple[np.ndarray, np.ndarray]:
+        query, docs = per_text(rows[0][0]), [per_text(row[0]) for row in rows[1:]]
+        out = np.array([maxsim(query, doc) for doc in docs], dtype=np.float32)
+        return out, out

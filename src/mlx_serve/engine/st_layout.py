@@ -33,6 +33,16 @@ class UnsupportedLayout(ValueError):
 
 
 @dataclass(frozen=True)
+class Splade:
+    """SPLADE's pooling of a masked-LM's logits into one weight per vocabulary entry (sentence-transformers'
+    SpladePooling): log(1 + relu(logit)) (`relu`), or that twice (`log1p_relu`, OpenSearch's models);
+    the largest over the text's tokens (`max`) or their sum (`sum`)."""
+
+    pooling: str  # "max" or "sum"
+    activation: str  # "relu" or "log1p_relu"
+
+
+@dataclass(frozen=True)
 class Dense:
     path: Path
     in_features: int
@@ -50,6 +60,7 @@ class Layout:
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
     has_modules: bool = False  # a modules.json says all this (else: the architecture's defaults)
+    splade: Splade | None = None  # a SPLADE model (sentence-transformers' SparseEncoder): sparse vectors only
 
     def dimensions(self, hidden: int) -> int:
         return self.dense[-1].out_features if self.dense else hidden * len(self.pooling)
@@ -75,6 +86,15 @@ def read(model_dir: Path, default_pooling: str = "mean") -> Layout:
     pooling: tuple[str, ...] | None = None
     dense: list[Dense] = []
     normalize = False
+    types = [str(module.get("type", "")) for module in modules]
+    if any(t.startswith("pylate.") for t in types):
+        raise UnsupportedLayout(
+            f"{model_dir}: a PyLate (ColBERT) model: multi-vector models in PyLate's layout are not served, since "
+            "PyLate, their reference, does not install beside this server's sentence-transformers to check them "
+            "against (BGE-M3's multi-vector head is served)"
+        )
+    if types and _masked_lm(types[0], st_config):
+        return Layout((), splade=_splade(model_dir, modules), has_modules=True, **common)
     for index, module in enumerate(modules):
         kind = str(module.get("type", "")).rsplit(".", 1)[-1]
         folder = model_dir / module.get("path", "")
@@ -98,6 +118,27 @@ def read(model_dir: Path, default_pooling: str = "mean") -> Layout:
     if pooling is None:
         raise UnsupportedLayout(f"{model_dir}: modules.json has no Pooling module")
     return Layout(pooling, tuple(dense), normalize, has_modules=True, **common)
+
+
+def _masked_lm(first: str, st_config: dict[str, Any]) -> bool:
+    """A SparseEncoder's transformer: the legacy MLMTransformer, or a Transformer whose task is fill-mask."""
+    kind = first.rsplit(".", 1)[-1]
+    return kind == "MLMTransformer" or (kind == "Transformer" and st_config.get("transformer_task") == "fill-mask")
+
+
+def _splade(model_dir: Path, modules: list[dict[str, Any]]) -> Splade:
+    kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules]
+    if kinds[1:] != ["SpladePooling"]:
+        raise UnsupportedLayout(
+            f"{model_dir}: a sparse encoder made of {', '.join(kinds)}; this server serves a masked-LM "
+            "transformer followed by SpladePooling (SPLADE), nothing else"
+        )
+    cfg = _json(model_dir / modules[1].get("path", "") / "config.json") or {}
+    pooling = cfg.get("pooling_strategy", "max")
+    activation = cfg.get("activation_function", "relu")
+    if pooling not in ("max", "sum") or activation not in ("relu", "log1p_relu"):
+        raise UnsupportedLayout(f"{model_dir}: SpladePooling {pooling!r}/{activation!r} is not supported")
+    return Splade(pooling, activation)
 
 
 def _pooling(folder: Path) -> tuple[str, ...]:

@@ -109,6 +109,7 @@ def prepare(staging: Path, type: ModelType, quantize: int | None) -> dict[str, A
     """What a pull does to a staged folder before it is stored (store/pull.py's Prepare): the family must
     run it as `type` (else a StoreError in one sentence, and nothing is stored), it is converted if its
     family needs that, its files must keep their promises, and one tiny forward pass must be finite."""
+    from mlx_serve.engine.heads import convert_heads
     from mlx_serve.engine.loader import load_model, read_config
 
     config = read_config(staging)
@@ -117,10 +118,14 @@ def prepare(staging: Path, type: ModelType, quantize: int | None) -> dict[str, A
         st_layout.read(staging, default_pooling=family.default_pooling)
         if quantize and not family.quantizable:
             raise StoreError(f"quantization is for decoder models (Qwen3), not for {family.name} models")
+        convert_heads(staging)
         check_folder(staging, config)
         extra = family.convert(staging, config, type, quantize) if family.convert else {}
         model = load_model(staging.name, staging, type=type, dtype="float32")
         _finite(model)
+        if type == "embedding":
+            extra["outputs"] = list(model.outputs)
+            extra["dimensions"] = model.dimensions
     except (families.UnsupportedArchitecture, st_layout.UnsupportedLayout, FolderLies) as exc:
         raise StoreError(str(exc).replace(str(staging), "the model")) from None
     return extra
@@ -130,6 +135,10 @@ def _finite(model: Any) -> None:
     """One short input through the model: its output must hold numbers, not NaN or inf."""
     if hasattr(model, "embed"):
         out = model.embed(["a short check"], max_batch_tokens=512).vectors
+        for view in (model.view([o]) for o in model.outputs[1:]):
+            rows = view.run(model.tokenize(["a short check"]), max_batch_tokens=512)
+            if not all(np.isfinite(part).all() for row in rows for part in row):
+                raise FolderLies("the weights give NaN or infinite outputs for a short text")
     elif hasattr(model, "rerank"):
         out = model.rerank("a short check", ["a short check"], max_batch_tokens=512)
     else:

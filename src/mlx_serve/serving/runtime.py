@@ -36,15 +36,16 @@ from mlx_serve.core.intents import (
     PullIntent,
     Ranking,
     RerankIntent,
+    SparseVector,
     Token,
     TokenizeIntent,
     Tokens,
 )
-from mlx_serve.core.types import ModelType, Truncation
+from mlx_serve.core.types import ModelType, Output, Truncation
 from mlx_serve.engine import Embedder, Seq, UnsupportedModelError, load_model
 from mlx_serve.engine.embedder import normalized
 from mlx_serve.engine.loader import HALF, compute_dtype, max_seq_length, read_config
-from mlx_serve.engine.reranker import EmbeddingRanker, Reranker
+from mlx_serve.engine.reranker import EmbeddingRanker, MaxSimRanker, Reranker
 from mlx_serve.engine.st_layout import prompt_for
 from mlx_serve.engine.st_layout import read as read_layout
 from mlx_serve.engine.tokenizer import TextTokenizer
@@ -70,6 +71,11 @@ def finite(*outputs: Any) -> None:
         if isinstance(out, np.ndarray) and out.dtype.kind == "f" and out.size and not np.isfinite(out).all():
             rows = out.reshape(len(out), -1) if out.ndim else out.reshape(1, 1)
             raise overflowed(int(np.flatnonzero(~np.isfinite(rows).all(axis=1))[0]), widened=False)
+        if isinstance(out, list):  # per input: sparse vectors, or a multi-vector array each
+            for index, item in enumerate(out):
+                values = item.values if isinstance(item, SparseVector) else item
+                if not np.isfinite(values).all():
+                    raise overflowed(index, widened=False)
 
 
 class Runtime:
@@ -123,25 +129,29 @@ class Runtime:
     def model(self, name: str) -> ModelInfo:
         return info(self.entry(name))
 
-    def default_model(self, type: ModelType) -> ModelInfo:
+    def default_model(self, type: ModelType, output: Output | None = None) -> ModelInfo:
         """What a request that names no model means (TEI's): the default_* setting, else the only model
-        of that type, else a 400 listing the candidates."""
+        of that type, else a 400 listing the candidates. With `output` (TEI's /embed_sparse), among the
+        models that give it."""
         setting = {
             "embedding": self.settings.default_embedding_model,
             "reranker": self.settings.default_reranker,
             "classifier": self.settings.default_classifier,
         }[type]
-        if setting:
+        if setting and (output is None or output in self.model(setting).outputs):
             return self.model(setting)
-        candidates = [m for m in self.models() if m.type == type]
+        candidates = [m for m in self.models() if m.type == type and (output is None or output in m.outputs)]
         if len(candidates) == 1:
             return candidates[0]
         key = {"embedding": "default_embedding_model", "reranker": "default_reranker"}.get(type, f"default_{type}")
+        giving = "" if output is None else f" with a {output} output"
         if not candidates:
-            raise InvalidRequest(f"no {type} model is stored; pull one, or name the model (`model`)", param="model")
+            raise InvalidRequest(
+                f"no {type} model{giving} is stored; pull one, or name the model (`model`)", param="model"
+            )
         names = ", ".join(m.name for m in candidates)
         raise InvalidRequest(
-            f"this request names no model and {len(candidates)} {type} models could be meant ({names}): "
+            f"this request names no model and {len(candidates)} {type} models{giving} could be meant ({names}): "
             f"name one (`model`), or set {key}",
             param="model",
         )
@@ -279,8 +289,9 @@ class Runtime:
         self,
         entry: ModelEntry,
         prepare: Callable[[Any], list[Seq]],
-        finish: Callable[[Any, np.ndarray], Any],
+        finish: Callable[[Any, Any], Any],
         keep_alive: float | None,
+        view: Callable[[Any], Any] | None = None,
     ) -> tuple[Any, float]:
         """Lease the model (loading it on the inference thread if needed), tokenize here, run the sequences
         on the inference thread, and turn the rows into the answer here. Also the seconds spent loading."""
@@ -294,7 +305,13 @@ class Runtime:
                 model = self._wait(self.cache.schedule_load(slot), deadline)
                 loading = time.monotonic() - started
             seqs = prepare(model)
-            job = Job(entry.name, slot, model, seqs, widen=self._widen(entry, model))
+            # `view`: what of the model runs (an embedder's other outputs); jobs of one view batch together.
+            runner = model if view is None else view(model)
+            group = slot if runner is model else (slot, runner.outputs)
+            widen = self._widen(entry, model)
+            if widen is not None and view is not None:
+                widen = (lambda wide: lambda: view(wide()))(widen)
+            job = Job(entry.name, group, runner, seqs, widen=widen)
             rows = self._wait(self.scheduler.submit(job), deadline, job)
         result = finish(model, rows)
         finite(*(result if isinstance(result, tuple) else (result,)))
@@ -330,9 +347,15 @@ class Runtime:
             )
         if intent.input_type == "document" and intent.instruction:
             raise InvalidRequest("an instruction applies to queries, not to input_type 'document'", param="instruction")
+        dense_only = [o for o in ("dimensions", "normalize") if getattr(intent, o) is not None]
+        if dense_only and "dense" not in intent.outputs:
+            raise InvalidRequest(
+                f"{dense_only[0]} applies to the dense output, which was not asked for", param=dense_only[0]
+            )
         truncation = self._truncation(intent.truncation)
         inputs = resolve(intent.inputs, self.settings.token_arrays, self.cl100k)
         counts: list[int] = []
+        seqs: list[Seq] = []
         dimensions = intent.dimensions
 
         def prepare(model: Embedder) -> list[Seq]:
@@ -340,28 +363,42 @@ class Runtime:
                 raise InvalidRequest(
                     f"dimensions must be between 1 and {model.dimensions} for {name}", param="dimensions"
                 )
-            seqs = model.tokenize(inputs, intent.instruction, truncation, intent.input_type, intent.prompt_name)
+            seqs.extend(model.tokenize(inputs, intent.instruction, truncation, intent.input_type, intent.prompt_name))
             counts.extend(len(s) for s in seqs)
             return seqs
 
-        def finish(model: Embedder, rows: np.ndarray) -> np.ndarray:
-            if dimensions is not None and dimensions != model.dimensions:
-                rows = np.ascontiguousarray(rows[:, :dimensions])
-            normalize = model.normalize if intent.normalize is None else intent.normalize
-            return normalized(rows) if normalize else rows
+        def finish(model: Embedder, rows: Any) -> tuple[Any, ...]:
+            outputs = model.split(rows, seqs, intent.outputs)
+            dense = outputs.get("dense")
+            if dense is not None:
+                if dimensions is not None and dimensions != model.dimensions:
+                    dense = np.ascontiguousarray(dense[:, :dimensions])
+                normalize = model.normalize if intent.normalize is None else intent.normalize
+                dense = normalized(dense) if normalize else dense
+            return dense, outputs.get("sparse"), outputs.get("multivector")
 
-        dense, loading = self._submit(entry, prepare, finish, intent.keep_alive)
+        (dense, sparse, multivector), loading = self._submit(
+            entry, prepare, finish, intent.keep_alive, view=lambda model: model.view(intent.outputs)
+        )
         self._count(name, counts)
-        return Embeddings(name, counts, dense=dense, load_seconds=loading)
+        return Embeddings(name, counts, dense=dense, sparse=sparse, multivector=multivector, load_seconds=loading)
 
     def rerank(self, intent: RerankIntent) -> Ranking:
         entry = self._typed(intent.model, "reranker", "use /v1/embeddings")
         name = entry.name
+        if entry.type == "embedding" and not {"dense", "multivector"} & set(entry.outputs):
+            raise InvalidRequest(
+                f"{name} gives sparse vectors only: it does not rerank here (score them with your index)",
+                code="invalid_model",
+                param="model",
+            )
         truncation = self._truncation(intent.truncation)
         counts: list[int] = []
 
         def ranker(model: Any) -> Reranker:
-            return EmbeddingRanker(model) if isinstance(model, Embedder) else model
+            if not isinstance(model, Embedder):
+                return model
+            return MaxSimRanker(model) if "multivector" in model.outputs else EmbeddingRanker(model)
 
         def prepare(model: Any) -> list[Seq]:
             docs = intent.documents
@@ -371,10 +408,13 @@ class Runtime:
             counts.extend(len(s) for s in seqs)
             return seqs
 
-        def finish(model: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        def finish(model: Any, rows: Any) -> tuple[np.ndarray, np.ndarray]:
             return tuple(ranker(model).scores(rows))
 
-        (scores, raw), _ = self._submit(entry, prepare, finish, intent.keep_alive)
+        def view(model: Any) -> Any:
+            return model.view(ranker(model).outputs) if isinstance(model, Embedder) else model
+
+        (scores, raw), _ = self._submit(entry, prepare, finish, intent.keep_alive, view=view)
         self._count(name, counts)
         return Ranking(name, scores, raw, sum(counts))
 

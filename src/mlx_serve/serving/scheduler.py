@@ -25,7 +25,7 @@ import numpy as np
 
 from mlx_serve.core.errors import ClientClosed, NumericalOverflow, Overloaded
 from mlx_serve.core.errors import OutOfMemory as DeviceOutOfMemory
-from mlx_serve.engine.batching import OutOfMemory, Stop, Stopped
+from mlx_serve.engine.batching import OutOfMemory, Rows, Stop, Stopped, finite_rows
 from mlx_serve.logs import get_logger
 from mlx_serve.metrics import Metrics
 
@@ -59,13 +59,13 @@ class BatchModel(Protocol):
 
     def run(
         self, seqs: Sequence[Seq], max_batch_tokens: int, stop: Stop | None = None, max_bytes: int | None = None
-    ) -> np.ndarray: ...
+    ) -> Rows: ...
 
 
 @dataclass(eq=False)
 class Job:
-    """One request's token sequences. Jobs of the same `group` (one loaded model) are merged into batches;
-    the future's result is the job's rows, in order."""
+    """One request's token sequences. Jobs of the same `group` (one loaded model, and the outputs asked of
+    it) are merged into batches; the future's result is the job's rows, in order."""
 
     model: str  # the model's name, for metrics and logs
     group: Hashable
@@ -168,7 +168,7 @@ class Scheduler:
             if not self._requests:
                 return None
             first = self._requests.popleft()
-            same = [j for j in self._requests if j.group is first.group]
+            same = [j for j in self._requests if j.group == first.group]
             for job in same:
                 self._requests.remove(job)
             self._ran_since_idle = True
@@ -248,22 +248,22 @@ class Scheduler:
             else:
                 job.future.set_result(rows[span.start : span.stop])
 
-    def _recompute(self, job: Job, seqs: list[Seq], rows: np.ndarray, failed: set[int]) -> set[int]:
+    def _recompute(self, job: Job, seqs: list[Seq], rows: Rows, failed: set[int]) -> set[int]:
         """Rows with NaN or inf run again in float32 (in place in `rows`); those still not finite.
 
         Half precision overflows past 65504 (float16) where float32 does not: a model trained in float32
         may have activations that large. Checked as the rows are read back, before any answer is built."""
-        finite = np.isfinite(rows.reshape(len(rows), -1)).all(axis=1) if len(rows) else np.ones(0, bool)
-        bad = [int(i) for i in np.flatnonzero(~finite) if int(i) not in failed]
+        bad = [int(i) for i in np.flatnonzero(~finite_rows(rows)) if int(i) not in failed]
         if not bad:
             return set()
         if job.widen is not None:
             try:
                 again = job.widen().run([seqs[i] for i in bad], self.max_batch_tokens, None, self.max_inflight_bytes)
-                rows[bad] = again
+                for k, i in enumerate(bad):
+                    rows[i] = again[k]
             except Exception:  # out of memory for the float32 copy, or a bug: these rows fail alone
                 log.exception("float32_recompute_failed", model=job.model)
-        still = {i for i in bad if not np.isfinite(rows[i]).all()}
+        still = {i for i, ok in zip(bad, finite_rows([rows[i] for i in bad]), strict=True) if not ok}
         log.warning("numerical_overflow", model=job.model, inputs=len(bad), recomputed=len(bad) - len(still))
         if len(bad) > len(still):
             self.metrics.numerical_overflows.labels(job.model, "recomputed").inc(len(bad) - len(still))

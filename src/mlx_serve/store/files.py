@@ -25,6 +25,9 @@ from typing import Any
 
 # Never copied: version control, download caches, weights in formats this server does not read.
 NOT_COPIED = (".git", ".cache", "*.bin", "*.pt", "*.pth", "*.h5", "*.msgpack", "*.onnx", "onnx", "openvino")
+# Pickles are never copied (the weights come as safetensors), but BGE-M3's two heads exist only as pickles:
+# they are copied, then read at pull without running them (store/torch_pickle.py) and converted.
+HEAD_PICKLES = ("sparse_linear.pt", "colbert_linear.pt")
 
 
 class RefusedFolder(Exception):
@@ -64,6 +67,8 @@ def scan(folder: Path, boundary: Path | None = None, skip: tuple[str, ...] = NOT
 
 
 def skipped(rel: Path, skip: tuple[str, ...]) -> bool:
+    if rel.as_posix() in HEAD_PICKLES:
+        return False
     return any(fnmatch.fnmatch(part, pattern) for part in rel.parts for pattern in skip)
 
 

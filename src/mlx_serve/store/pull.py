@@ -28,7 +28,17 @@ from mlx_serve.store.progress import Progress
 from mlx_serve.store.store import BUILTIN_NAME, ModelEntry, ModelStore, ModelType, StoreError, validate_name
 
 # What a model directory needs; nothing else is downloaded (no .bin/.onnx duplicates of the weights).
-HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.py", "1_Pooling/*", "2_Normalize/*"]
+HUB_FILES = [
+    "*.json",
+    "*.safetensors",
+    "*.txt",
+    "*.model",
+    "*.py",
+    "1_Pooling/*",
+    "2_Normalize/*",
+    "1_SpladePooling/*",
+    *model_files.HEAD_PICKLES,
+]
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+\Z")
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from mlx_serve.engine.families import Family, LoadContext, check_head
+from mlx_serve.engine.families import Family, LoadContext, UnsupportedArchitecture, check_head
 from mlx_serve.engine.heads import encoder_model
 
 
@@ -323,6 +323,34 @@ class SequenceClassifier:
         return self.classifier(mx.tanh(self.pooler(hidden[:, 0])))
 
 
+class MaskedLM:
+    """BertForMaskedLM's head (what SPLADE pools): dense, GELU, LayerNorm, then the decoder, whose weight
+    is the word embeddings unless saved apart, plus its bias: hidden (B, L, D) -> logits (B, L, vocabulary)."""
+
+    PREFIX = "cls.predictions."
+
+    def __init__(self, encoder: BertEncoder, kernels: Kernels) -> None:
+        w, p = encoder.extra, self.PREFIX
+        if f"{p}transform.dense.weight" not in w or encoder.config.hidden_act != "gelu":
+            raise UnsupportedArchitecture(
+                "SPLADE is served on BERT's masked-LM head (BertForMaskedLM, GELU): this model has none"
+            )
+        eps = encoder.config.layer_norm_eps
+        self.transform = Linear(w[f"{p}transform.dense.weight"], w[f"{p}transform.dense.bias"])
+        self.norm = LayerNorm(w[f"{p}transform.LayerNorm.weight"], w[f"{p}transform.LayerNorm.bias"], eps)
+        bias = w.get(f"{p}bias", w.get(f"{p}decoder.bias"))
+        if bias is None:
+            raise UnsupportedArchitecture("the masked-LM head has no decoder bias (cls.predictions.bias)")
+        self.decoder = Linear(w.get(f"{p}decoder.weight", encoder.word), bias)
+        self.gelu = kernels.gelu
+
+    def arrays(self) -> list[mx.array]:
+        return [self.decoder.weight_t]  # the rest is in the encoder's `extra`
+
+    def __call__(self, hidden: mx.array) -> mx.array:
+        return self.decoder(self.norm(self.gelu(self.transform(hidden))))
+
+
 def _strip_prefix(weights: dict[str, mx.array]) -> dict[str, mx.array]:
     """Checkpoints saved from *ForXxx heads prefix the encoder with `bert.` (or `model.`)."""
     for prefix in ("bert.", "model.", "roberta.", "mpnet."):
@@ -334,14 +362,17 @@ def _strip_prefix(weights: dict[str, mx.array]) -> dict[str, mx.array]:
 def _load(ctx: LoadContext) -> Any:
     kernels = Kernels.choose(gpu=mx.default_device() == mx.gpu, native_cpu=ctx.native_cpu)
     encoder = BertEncoder.load(ctx.path, BertConfig.from_dict(ctx.config), ctx.dtype, kernels)
-    mx.eval(encoder.arrays())
+    mlm = MaskedLM(encoder, kernels) if ctx.layout.splade is not None else None
+    arrays = encoder.arrays if mlm is None else lambda: encoder.arrays() + mlm.arrays()
+    mx.eval(arrays())
     return encoder_model(
         ctx,
         encoder,
         lambda: SequenceClassifier(encoder),
-        encoder.arrays,
+        arrays,
         int(ctx.config["hidden_size"]),
         int(ctx.config.get("pad_token_id", 0)),
+        logits=None if mlm is None else lambda: mlm,
     )
 
 

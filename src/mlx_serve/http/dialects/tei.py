@@ -187,7 +187,7 @@ class EmbedSparseResource(TeiResource):
         request = parse(TeiEmbedSparseRequest, self.body(req))
         too_many(len(request.inputs), self.limits.max_inputs, "inputs", "inputs")
         intent = EmbedIntent(
-            model=self.model(request.model),
+            model=request.model or self.service.default_model("embedding", "sparse").name,
             inputs=request.inputs,
             prompt_name=request.prompt_name,
             truncation=_truncation(request.truncate, request.truncation_direction),
