@@ -57,8 +57,44 @@ def main() -> int:
         diff = np.abs(got - reference_scores(path)).max()
         print(f"{name} reranker: max score difference {diff:.2e}", flush=True)
         ok &= bool(diff < 5e-3)
+    ok &= sparse_and_multivector(root)
     print("ALL OK" if ok else "MISMATCH")
     return 0 if ok else 1
+
+
+def sparse_and_multivector(root: Path) -> bool:
+    """SPLADE against SparseEncoder, BGE-M3's heads against FlagEmbedding (if it is installed here)."""
+    from sentence_transformers import SparseEncoder
+
+    from mlx_serve.engine.heads import convert_heads
+
+    ok = True
+    path = tiny_models.splade(root / "splade", seed=41)
+    model = load_model("splade", path, type="embedding")
+    seqs = model.tokenize(TEXTS)
+    ours = np.stack([np.zeros(300)] * len(TEXTS))
+    for row, vector in zip(ours, model.split(model.run(seqs, 16384), seqs, ["sparse"])["sparse"], strict=True):
+        row[vector.indices] = vector.values
+    expected = SparseEncoder(str(path), device="cpu").encode(TEXTS, convert_to_tensor=True).to_dense().numpy()
+    diff = np.abs(ours - expected).max() / np.abs(expected).max()
+    print(f"splade: max difference {diff:.2e} of the largest weight", flush=True)
+    ok &= bool(diff < 1e-2)
+    try:
+        from FlagEmbedding import BGEM3FlagModel
+    except ImportError:
+        print("bge-m3: FlagEmbedding is not installed here; not checked", flush=True)
+        return ok
+    path = tiny_models.bge_m3(root / "bge-m3", seed=43)
+    reference = BGEM3FlagModel(str(path), use_fp16=False, devices="cpu").encode(
+        TEXTS, return_dense=True, return_sparse=False, return_colbert_vecs=True
+    )
+    convert_heads(path)
+    model = load_model("bge-m3", path, type="embedding")
+    seqs = model.tokenize(TEXTS)
+    vectors = model.split(model.view(["multivector"]).run(seqs, 16384), seqs, ["multivector"])["multivector"]
+    worst = min(cosine(v, r).min() for v, r in zip(vectors, reference["colbert_vecs"], strict=True))
+    print(f"bge-m3 multivector: min cosine {worst:.6f}", flush=True)
+    return ok and bool(worst >= 0.999)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from mlx_serve.engine.verify import prepare
+from mlx_serve.store.pull import pull
 from mlx_serve.store.store import ModelStore
 
 from . import tiny_models
@@ -44,10 +46,13 @@ def test_every_block_says_what_it_is() -> None:
 
 @pytest.fixture(scope="module")
 def server(module_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    # What `mlx-serve pull cross-encoder/ms-marco-MiniLM-L-6-v2` (the `sh network` block) would store.
-    ce = tiny_models.bert_cross_encoder(tmp_path_factory.mktemp("readme") / "ce", seed=3)
-    ModelStore(module_home / ".mlx-serve" / "models").import_dir(ce, "ms-marco-MiniLM-L-6-v2")
-    server = ServerProcess.start(module_home, [])
+    # What the `sh network` blocks' pulls (cross-encoder/ms-marco-MiniLM-L-6-v2, BAAI/bge-m3) would store.
+    folder = tmp_path_factory.mktemp("readme")
+    store = ModelStore(module_home / ".mlx-serve" / "models")
+    store.import_dir(tiny_models.bert_cross_encoder(folder / "ce", seed=3), "ms-marco-MiniLM-L-6-v2")
+    pull(store, str(tiny_models.bge_m3(folder / "bge-m3", seed=4)), prepare=prepare, name="bge-m3")
+    # Two embedding models: TEI's requests, which name none, go to the default, as the README says.
+    server = ServerProcess.start(module_home, [], {"MLX_SERVE_DEFAULT_EMBEDDING_MODEL": "all-MiniLM-L6-v2"})
     server.wait_healthy()
     yield server
     server.stop()
