@@ -248,7 +248,7 @@ def test_other_sparse_or_multivector_layouts_are_refused_at_pull_in_one_sentence
         },
     )
     (static / "modules.json").write_text(json.dumps(modules))
-    with pytest.raises(StoreError, match="SpladePooling.*nothing else"):
+    with pytest.raises(StoreError, match=r"SpladePooling.*nothing else"):
         pull(store, str(static), prepare=prepare, name="static")
     assert store.get("colbert") is None and store.get("static") is None
 
@@ -267,7 +267,7 @@ def test_a_head_pickle_that_would_run_code_is_refused_and_never_run(tmp_path: Pa
     folder = tmp_path / "evil-m3"
     shutil.copytree(folders["bge-m3"], folder)
     torch.save({"weight": Payload(), "bias": torch.zeros(1)}, folder / "sparse_linear.pt")
-    with pytest.raises(StoreError, match="sparse_linear.pt"):
+    with pytest.raises(StoreError, match=r"sparse_linear\.pt"):
         pull(ModelStore(tmp_path / "store"), str(folder), prepare=prepare, name="evil")
     assert not marker.exists()
 
@@ -282,3 +282,47 @@ def test_a_head_whose_outputs_are_not_finite_is_refused_at_pull(tmp_path: Path, 
     torch.save({"weight": torch.full((32, 32), float("inf")), "bias": torch.zeros(32)}, folder / "colbert_linear.pt")
     with pytest.raises(StoreError, match="NaN or infinite"):
         pull(ModelStore(tmp_path / "store"), str(folder), prepare=prepare, name="broken")
+
+
+def scaled(folder: Path, dest: Path, factor: float) -> Path:
+    """The model with its first layer's feed-forward output scaled: the residual stream passes float16's
+    65504 there (as trained models' activations do, tiny random ones never), before the LayerNorm."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(folder, dest)
+    weights_file = next(dest.glob("*.safetensors"))
+    weights = load_file(weights_file)
+    key = next(k for k in weights if "layer.0.output.dense.weight" in k)
+    weights[key] = weights[key] * np.float32(factor)
+    save_file(weights, weights_file, metadata={"format": "pt"})
+    return dest
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_activations_past_float16s_range_still_give_the_references_outputs(
+    make_app, home: Path, folders, tmp_path, dtype
+) -> None:
+    from .conftest import metric
+
+    splade = scaled(folders["splade"], tmp_path / "splade", 1e5)
+    m3 = scaled(folders["bge-m3"], tmp_path / "bge-m3", 1e5)
+    store = ModelStore(home / ".mlx-serve" / "models")
+    for name, folder in (("big-splade", splade), ("big-m3", m3)):
+        pull(store, str(folder), prepare=prepare, name=name)
+    app = make_app(dtype=dtype)
+    expected = sparse_encoder(splade, TEXTS)
+    for item, reference in zip(embeddings(app, "big-splade", TEXTS, ["sparse"]), expected, strict=True):
+        assert_sparse_equal(item["sparse_embedding"], reference, "bfloat16")
+    from FlagEmbedding import BGEM3FlagModel
+
+    flag = BGEM3FlagModel(str(m3), use_fp16=False, devices="cpu")
+    reference = flag.encode(TEXTS, return_dense=True, return_colbert_vecs=True)
+    data = embeddings(app, "big-m3", TEXTS, ["dense", "sparse", "multivector"])
+    for i, item in enumerate(data):
+        np.testing.assert_allclose(item["embedding"], reference["dense_vecs"][i], atol=TOLERANCE["bfloat16"])
+        np.testing.assert_allclose(item["multi_vector"], reference["colbert_vecs"][i], atol=TOLERANCE["bfloat16"])
+    recomputed = metric(app.client, 'mlx_serve_numerical_overflows_total{model="big-m3",outcome="recomputed"}')
+    # float16 overflows on every text and is answered from float32; bfloat16's range holds.
+    assert (recomputed or 0) == (len(TEXTS) if dtype == "float16" else 0)
