@@ -11,7 +11,8 @@ into a store as a user would. Measured, 16 clients x 32 texts x ~150 tokens unle
 - the peers: sentence-transformers fp16 and fp32 (embeddings, CrossEncoder) and transformers with the
   Qwen3-Reranker model card's recipe, in a process of their own.
 
-- the peak under a burst with max_inflight_bytes (auto) and without (0), in the same run (`memory`);
+- the peak under a burst with max_inflight_bytes (auto) and without (0), and the first pass of varied
+  lengths with warm_shapes and without, in the same run (`memory`);
 
 Usage: python3 bench/gpu.py build|engine|server|memory|peers|all [--dir DIR] [--out FILE] [--quick]
 """
@@ -294,6 +295,15 @@ def batches_run(url: str) -> float:
     return 0.0
 
 
+def metric_value(url: str, name: str) -> float | None:
+    """One unlabelled metric's value from /metrics (None: not there)."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.rsplit(" ", 1)[1])
+    return None
+
+
 def gpu_memory_mb(pid: int) -> int | None:
     """What nvidia-smi says the process (or its children) holds."""
     try:
@@ -541,15 +551,19 @@ def qwen3_reranker_peer(path: Path, device: str) -> None:
 
 def memory(home: Path, quick: bool) -> None:
     """The peak under a burst, bounded (max_inflight_bytes auto) and not (0: the code before the bound),
-    in the same run: 16 clients x 32 texts, uniform then varied lengths; tokens/s, MLX's peak since start
-    (/health) and nvidia-smi's highest reading while the burst runs."""
+    in the same run: 16 clients x 32 texts, uniform then varied lengths; tokens/s (first pass and again), MLX's
+    peak since start (/health) and nvidia-smi's highest reading while the burst runs; and the same with the
+    shapes built in the background first (warm_shapes) or not."""
     load = Load()
     rounds = 2 if quick else 8
     try:
+        # Before both (no bound, shapes built on first sight), the bound alone, and the defaults.
+        configs = (("0", "false"), ("auto", "false"), ("auto", "true"))
         for name, words in (("qwen3-emb", 30), ("minilm", 150)):
-            for setting in ("0", "auto"):
-                srv = Server(home, [name], {"MLX_SERVE_MAX_INFLIGHT_BYTES": setting})
-                label = f"{name} max_inflight_bytes={setting}"
+            for setting, warm in configs:
+                env = {"MLX_SERVE_MAX_INFLIGHT_BYTES": setting, "MLX_SERVE_WARM_SHAPES": warm}
+                srv = Server(home, [name], env)
+                label = f"{name} max_inflight_bytes={setting} warm_shapes={warm}"
                 highest = [0]
                 done = threading.Event()
 
@@ -559,6 +573,13 @@ def memory(home: Path, quick: bool) -> None:
 
                 watcher = threading.Thread(target=watch, daemon=True)
                 try:
+                    # The shapes a burst will take are built in the background after the load: measured
+                    # here, and the first pass waits for them, as traffic arriving a little later would.
+                    started = time.monotonic()
+                    while metric_value(srv.url, "mlx_serve_shapes_pending") not in (0, None):
+                        time.sleep(0.2)
+                    building = round(time.monotonic() - started, 1)
+                    record("memory", f"{label} seconds building shapes after ready", building)
                     weights = srv.health()["memory"]["active_bytes"]
                     watcher.start()
                     for vary in (False, True):

@@ -155,3 +155,42 @@ def test_a_sequence_over_the_bound_still_runs_alone(minilm_dir: Path) -> None:
     seqs = model.tokenize(["word " * 300] * 9 + ["short"])  # over SMALL_RUN tokens: bounded
     out = model.run(seqs, 16384, None, 1)  # one byte: every batch is over it
     np.testing.assert_allclose(out, model.run(seqs, 16384), atol=1e-5)
+
+
+def test_warmed_shapes_leave_nothing_to_build_for_varied_lengths(embedder) -> None:
+    """On a GPU every bucketed shape is a compiled graph built on first sight: a server warms them after a
+    load. Once warmed, texts of any length build nothing more (the head is not traced again), and their
+    vectors are those of the plain runner."""
+    traces = []
+
+    def counting():  # a function of its own per runner: MLX keeps compiled graphs per function
+        def head(ids, type_ids, mask, padded):
+            traces.append(tuple(ids.shape))  # runs only when MLX traces a new shape
+            return embedder._head(ids, type_ids, mask, padded)
+
+        return head
+
+    runner = BatchRunner(counting(), 0, "right", embedder.streams[:1], buckets=True, compiled=True)
+    shapes = runner.shapes(max_batch_tokens=512, max_length=100)
+    assert shapes == [
+        (r, w) for w in (32, 64, 96, 128) for r in (1, 2, 4, 8, 16, 32) if r <= bucket(512 // w, [1, 2, 4, 8, 16, 32])
+    ]
+    for rows, width in shapes:
+        assert runner.warm(rows, width)
+    built = len(traces)
+    assert built >= len(shapes)
+    texts = [" ".join(["word"] * n) for n in (3, 17, 40, 71, 90, 5, 33, 60, 12)]
+    seqs = embedder.tokenize(texts)
+    vectors = runner.run(seqs, 512)
+    assert len(traces) == built, f"built on a request's time: {traces[built:]}"
+    np.testing.assert_allclose(vectors, embedder.runner.run(seqs, 512), atol=1e-5)
+    # And without the warming, the same request builds its shapes itself.
+    cold = BatchRunner(counting(), 0, "right", embedder.streams[:1], buckets=True, compiled=True)
+    cold.run(seqs, 512)
+    assert len(traces) > built
+
+
+def test_a_shape_beyond_the_byte_bound_is_not_warmed(embedder) -> None:
+    runner = BatchRunner(embedder._head, 0, "right", embedder.streams[:1], buckets=True, compiled=True)
+    assert runner.warm(64, 128, max_bytes=10**12)
+    assert not runner.warm(64, 128, max_bytes=1024)  # a run would split such a batch: never built

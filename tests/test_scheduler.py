@@ -153,3 +153,23 @@ def test_a_run_stops_between_batches_once_every_client_has_gone(scheduler) -> No
         with pytest.raises(ClientClosed):
             future.result(5)
     assert model.ran == ["a", "b"]
+
+
+def test_background_work_waits_for_requests_and_runs_when_idle(scheduler) -> None:
+    """Background pieces (a model's shapes being built) run one at a time when nothing waits: a request
+    submitted while many are queued is served after at most the piece in progress."""
+    done: list[int] = []
+    scheduler.background([lambda i=i: (time.sleep(0.02), done.append(i)) for i in range(40)])
+    time.sleep(0.05)
+    future = scheduler.submit(job(["abc"]))
+    assert rows(future) == [6.0]
+    assert len(done) < 10  # served long before the 40 pieces (0.8 s) were through
+    deadline = time.monotonic() + 5
+    while len(done) < 40 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert done == list(range(40))
+    scheduler.background([lambda: 1 / 0, lambda: done.append(40)])  # a failing piece stops nothing
+    deadline = time.monotonic() + 5
+    while len(done) < 41 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert done[-1] == 40

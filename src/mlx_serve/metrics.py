@@ -91,6 +91,11 @@ class Metrics:
             ["stage"],
             registry=r,
         )
+        self.shapes_pending = Gauge(
+            "mlx_serve_shapes_pending",
+            "Batch shapes of loaded models still to be built in the background (on a GPU; 0 when all are)",
+            registry=r,
+        )
         self.memory = MemoryCollector()  # read at scrape time; the server gives it the limits it set
         r.register(self.memory)
 

@@ -85,6 +85,7 @@ class Settings(BaseModel):
     threads: int = Field(ge=1, le=256)
     mlx_cache_limit: int | None
     max_inflight_bytes: int | None  # None: auto (serving/memory.py's inflight_budget); 0: no bound
+    warm_shapes: bool
     mlx_memory_limit: int | None
     mlx_wired_limit: int | None
     dtype: Literal["auto", "float32", "float16", "bfloat16"]

@@ -224,6 +224,31 @@ class BatchRunner:
         self.cost_width = widths[1]
         return self.cost
 
+    def shapes(self, max_batch_tokens: int, max_length: int) -> list[tuple[int, int]]:
+        """The (rows, width) shapes this runner's batches can take (bucketed, within the token budget and
+        the model's maximum length), shortest first: each is built on first sight, so a server warms them
+        after loading a model (`warm`) rather than on a request's time. None without buckets (a CPU)."""
+        if not self.buckets:
+            return []
+        longest = bucket(max_length, LENGTH_BUCKETS)
+        out = []
+        for width in (w for w in LENGTH_BUCKETS if w <= longest):
+            most = bucket(max(1, max_batch_tokens // width), ROW_BUCKETS)
+            out += [(rows, width) for rows in ROW_BUCKETS if rows <= most]
+        return out
+
+    def warm(self, rows: int, width: int, max_bytes: int | None = None) -> bool:
+        """Build and run one shape as a padded batch (inputs one token short of the width) gives it; not
+        one that `max_bytes` would never let a run launch (run's `fits`). Whether it was built."""
+        if max_bytes is not None and rows * width > SMALL_RUN:
+            if self.cost is None or width > 2 * self.cost_width:
+                self.measure(width)
+            if self.cost is not None and self.cost(rows, width) > max_bytes / 2:
+                return False
+        batch = [Seq([self.pad_id] * max(1, width - 1)) for _ in range(rows)]
+        self._rows(batch, self._launch(batch))
+        return True
+
     def run(
         self, seqs: Sequence[Seq], max_batch_tokens: int, stop: Stop | None = None, max_bytes: int | None = None
     ) -> Rows:

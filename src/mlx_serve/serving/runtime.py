@@ -12,6 +12,7 @@ import difflib
 import gc
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -94,6 +95,7 @@ class Runtime:
         )
         metrics.memory.inflight = lambda: self.scheduler.inflight_bytes
         metrics.memory.inflight_limit = self.scheduler.max_inflight_bytes
+        metrics.shapes_pending.set_function(self.scheduler.background_pending)
         self.cache = ModelCache(
             {
                 "embedding": settings.cache_max_embedding_models,
@@ -233,7 +235,29 @@ class Runtime:
         except UnsupportedModelError as exc:  # refused in one sentence, never served approximately
             raise InvalidRequest(str(exc), code="unsupported_model", param="model") from None
         self._wire(model.nbytes())
+        self._warm(entry.name, model)
         return model
+
+    def _warm(self, name: str, model: Any) -> None:
+        """Build the model's batch shapes in the background (on a GPU: see BatchRunner.shapes), so that
+        the first requests of each length do not pay for it. Dropped if the model unloads first."""
+        shapes = model.runner.shapes(self.scheduler.max_batch_tokens, model.max_length)
+        if not shapes or not self.settings.warm_shapes:
+            return
+        ref = weakref.ref(model)
+        started = time.monotonic()
+
+        def piece(rows: int, width: int, last: bool) -> None:
+            loaded = ref()
+            if loaded is None:
+                return
+            loaded.runner.warm(rows, width, self.scheduler.max_inflight_bytes)
+            if last:
+                log.info("shapes_built", model=name, shapes=len(shapes), seconds=round(time.monotonic() - started, 2))
+
+        self.scheduler.background(
+            [lambda r=r, w=w, i=i: piece(r, w, i == len(shapes) - 1) for i, (r, w) in enumerate(shapes)]
+        )
 
     def _widen(self, entry: ModelEntry, model: Any) -> Callable[[], Any] | None:
         """The model in float32, loaded on first need and kept beside it until it unloads: a model that

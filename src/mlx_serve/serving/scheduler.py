@@ -9,6 +9,8 @@ many clients at once cost little more than one; a large request may span several
 
 Control jobs (loading, unloading, preloading models) are a queue of their own: they run before the next
 batch and never count against the request queue's limit, so housekeeping can never turn requests away.
+Background work (building a loaded model's batch shapes) runs only when nothing else waits, one small
+piece at a time, so it never delays a request by more than one piece.
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ class ControlJob:
 
     run: Callable[[], Any]
     future: Future = field(default_factory=Future)
+    background: bool = False  # a piece of background work: nobody waits on it
 
 
 def inflight_of(model: object) -> int:
@@ -117,6 +120,7 @@ class Scheduler:
         self._ran_since_idle = False
         self._requests: deque[Job] = deque()
         self._control: deque[ControlJob] = deque()
+        self._background: deque[Callable[[], Any]] = deque()
         self._cond = threading.Condition()
         self._closing = False
         self._thread = threading.Thread(target=self._loop, name="mlx-inference", daemon=True)
@@ -149,6 +153,16 @@ class Scheduler:
             self._cond.notify()
         return job.future
 
+    def background(self, pieces: Sequence[Callable[[], Any]]) -> None:
+        """Run these, in order, whenever no request and no control job waits. Their failures are logged."""
+        with self._cond:
+            self._background.extend(pieces)
+            self._cond.notify()
+
+    def background_pending(self) -> int:
+        with self._cond:
+            return len(self._background)
+
     def queued(self) -> tuple[int, int]:
         """Requests and control jobs waiting for the inference thread."""
         with self._cond:
@@ -157,6 +171,8 @@ class Scheduler:
     def _take(self) -> ControlJob | list[Job] | None:
         with self._cond:
             while not self._requests and not self._control and not self._closing:
+                if self._background:
+                    return ControlJob(self._background.popleft(), background=True)
                 if self._ran_since_idle and self.on_idle is not None:
                     if not self._cond.wait(self.idle_after):
                         self._ran_since_idle = False
@@ -203,6 +219,8 @@ class Scheduler:
         try:
             job.future.set_result(job.run())
         except Exception as exc:
+            if job.background:
+                log.warning("background_work_failed", error=str(exc)[:200])
             job.future.set_exception(exc)
 
     def _run(self, jobs: list[Job]) -> None:
