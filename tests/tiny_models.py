@@ -427,6 +427,10 @@ def bge_m3(path: Path, seed: int = 0, heads: tuple[str, ...] = ("sparse", "colbe
                 if head == "sparse":  # centred on the corpus's tokens: about half of them weigh above 0
                     tokens = AutoTokenizer.from_pretrained(path)(CORPUS[:9], padding=True, return_tensors="pt")
                     hidden = XLMRobertaModel.from_pretrained(path).eval()(**tokens).last_hidden_state
-                    linear.bias -= linear(hidden[tokens["attention_mask"].bool()]).median()
+                    values = linear(hidden[tokens["attention_mask"].bool()]).flatten().unique().sort().values
+                    # Zero halfway between two tokens' values, never at one: a weight a rounding away from
+                    # zero would make "the same non-zero ids" a coin toss.
+                    middle = len(values) // 2
+                    linear.bias -= (values[middle - 1] + values[middle]) / 2
             torch.save(linear.state_dict(), path / f"{head}_linear.pt")
     return path
