@@ -453,3 +453,47 @@ def test_a_read_only_store_refuses_a_delete_with_a_400_that_says_so(
     refused = client.simulate_delete("/api/delete", json={"model": "mine"})
     assert refused.status_code == 400 and refused.json["code"] == "cannot_delete"
     assert "read-only" in refused.json["error"]
+
+
+@pytest.mark.process
+def test_a_folder_pull_shows_its_copy_as_a_hub_pull_shows_its_download(home: Path, tmp_path: Path) -> None:
+    """`--progress json` (what /api/pull relays) has the copy's bytes, then converting, then success; on a
+    terminal the copy is a progress bar."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    from .conftest import clean_env
+
+    folder = tiny_models.bert_cross_encoder(tmp_path / "folder-ce", seed=5)
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    out = run_cli(home, "pull", "--progress", "json", str(folder))
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    copying = [line for line in lines if line["status"] == "copying folder-ce"]
+    assert copying and copying[-1]["completed"] == copying[-1]["total"] == size
+    assert [line["completed"] for line in copying] == sorted(line["completed"] for line in copying)
+    after = [line["status"] for line in lines[lines.index(copying[-1]) + 1 :]]
+    assert after == ["converting", "success"], lines
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal's size
+    child = subprocess.Popen(
+        [sys.executable, "-m", "mlx_serve", "pull", "--name", "on-a-terminal", str(folder)],
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        env=clean_env(home, None),
+    )
+    os.close(terminal)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert child.wait(60) == 0
+    text = seen.decode(errors="replace")
+    assert "copying folder-ce" in text and "100%" in text and "pulled on-a-terminal" in text

@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,13 +151,22 @@ def read_text(path: Path | ModelFile) -> str:
         return fh.read(16 * 2**20).decode("utf-8", "replace")
 
 
-def copy(files: list[ModelFile], target: Path) -> None:
-    """Copy the scanned files into `target`, each read through open_beneath."""
+def copy(files: list[ModelFile], target: Path, copied: Callable[[int, int], None] | None = None) -> None:
+    """Copy the scanned files into `target`, each read through open_beneath; `copied(bytes done, total)`
+    is told after each MiB."""
+    total, done = sum(f.size for f in files), 0
+    chunk = 1 << 20
     for item in files:
         dest = target / item.relative
         dest.parent.mkdir(parents=True, exist_ok=True)
         with os.fdopen(open_beneath(item), "rb") as src, dest.open("wb") as out:
-            shutil.copyfileobj(src, out, 1 << 20)
+            while block := src.read(chunk):
+                out.write(block)
+                done += len(block)
+                if copied is not None:
+                    copied(done, total)
+    if copied is not None and done < total:  # files that shrank after the scan: still a finished copy
+        copied(total, total)
 
 
 def check_free_space(folder: Path, needed: int) -> None:

@@ -140,7 +140,11 @@ def pull(
                 entry = store.get(name)
                 assert entry is not None
                 return entry, False
-            report(Progress("converting"))
+            copying = None
+            if local == download:
+                report(Progress("converting"))
+            else:  # a folder is copied into the store first; "converting" follows the copy
+                copying = _copy_reporter(report, show_bars, f"copying {local.name}")
             entry = store.import_dir(
                 local,
                 name,
@@ -151,6 +155,7 @@ def pull(
                 convert=(lambda staging, detected: prepare(staging, detected, quantize)) if prepare else None,
                 adopt=local == download,  # offline pulls read the Hugging Face cache, which must stay
                 boundary=boundary,
+                copied=copying,
             )
         except OSError as exc:  # the download's own disk errors (the store's are StoreErrors already)
             raise StoreError(f"could not pull {source}: {exc.strerror or exc}") from None
@@ -205,6 +210,31 @@ def _download(
     except Exception as exc:  # HTTP, transport (dropped connections), offline misses and file errors alike
         raise StoreError(f"could not download {repo_id}: {exc}") from exc
     return target, revision
+
+
+def _copy_reporter(report: Report, show_bars: bool, label: str) -> Callable[[int, int], None]:
+    """Progress of a folder's copy into the store: lines for `--progress json` and /api/pull, a bar on a
+    terminal (as a hub download shows one)."""
+    from tqdm.auto import tqdm
+
+    bar: list[Any] = []
+    finished: list[bool] = []
+
+    def copied(done: int, total: int) -> None:
+        if finished:
+            return
+        report(Progress(label, min(done, total), total))
+        if show_bars:
+            if not bar:
+                bar.append(tqdm(total=total, unit="B", unit_scale=True, desc=label))
+            bar[0].update(min(done, total) - bar[0].n)
+        if done >= total:
+            finished.append(True)
+            if bar:
+                bar[0].close()
+            report(Progress("converting"))
+
+    return copied
 
 
 def _wanted(filename: str) -> bool:

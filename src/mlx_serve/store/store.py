@@ -261,6 +261,7 @@ class ModelStore:
         source_digest: str | None = None,
         adopt: bool = False,
         boundary: Path | None = None,
+        copied: Callable[[int, int], None] | None = None,
     ) -> ModelEntry:
         """Copy a Hugging Face model folder into the store, atomically: a crash leaves no half model.
 
@@ -299,7 +300,7 @@ class ModelStore:
                     if model_files.skipped(Path(path.name), model_files.NOT_COPIED) or path.name == METADATA:
                         shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
             else:
-                model_files.copy([f for f in files if str(f.relative) != METADATA], staging)
+                model_files.copy([f for f in files if str(f.relative) != METADATA], staging, copied)
             extra = convert(staging, type) if convert else {}
             meta = {
                 **describe_dir(staging, type, source_label or str(source)),
