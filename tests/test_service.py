@@ -458,3 +458,20 @@ def test_under_launchd_a_start_that_would_fail_again_exits_0(home: Path, monkeyp
     assert for_the_manager("start", 1) == 1  # a crash is restarted
     monkeypatch.setenv("MLX_SERVE_MANAGED_BY", "systemd")  # told by RestartPreventExitStatus instead
     assert for_the_manager("start", 78) == 78
+
+
+def test_install_without_a_user_manager_leaves_nothing_and_says_why(home: Path, recorder) -> None:
+    """`systemctl --user` in a session without the user's systemd manager (su, sudo -u) fails with
+    "Failed to connect to bus": the install says what to do and leaves no unit file behind; a unit file
+    already there is put back as it was."""
+    script_codes(recorder, 1)  # daemon-reload fails, as systemctl does without a user bus
+    out, calls = service(home, recorder, "install", "--port", "8140", "--platform", "linux")
+    assert out.returncode == 1 and calls == ["systemctl --user daemon-reload"]
+    assert "loginctl enable-linger" in out.stderr and "Failed to connect to bus" in out.stderr
+    assert not unit_file(home).exists()
+    assert service(home, recorder, "install", "--port", "8140", "--platform", "linux")[0].returncode == 0
+    installed = unit_file(home).read_text()
+    write_config(home, "graceful_timeout: 77\n")
+    script_codes(recorder, 0, 1)  # a later install's enable fails
+    out, _ = service(home, recorder, "install", "--port", "8140", "--platform", "linux")
+    assert out.returncode == 1 and unit_file(home).read_text() == installed

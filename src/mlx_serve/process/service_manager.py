@@ -144,6 +144,7 @@ class Plan:
     remove: tuple[Path, ...] = ()
     make_dirs: tuple[Path, ...] = ()
     warnings: tuple[str, ...] = ()
+    hint: str | None = None  # printed when a command fails: the usual cause, and what to do
 
 
 class Manager:
@@ -213,7 +214,7 @@ class Systemd(Manager):
             # With auto_start it runs from now on, as on macOS (restart: starts it, or picks up new settings);
             # without, a running one picks up the new settings and a stopped one stays stopped.
             commands.append(self._ctl("restart" if self.settings.service.auto_start else "try-restart", unit))
-            return Plan(commands, write=(self.path(), self.render()))
+            return Plan(commands, write=(self.path(), self.render()), hint=NO_USER_MANAGER)
         if verb == "uninstall":
             # The template serves every port: it goes only with the last instance that uses it.
             others = self.instances()
@@ -233,6 +234,12 @@ class Systemd(Manager):
             return Plan([self._ctl("kill", "--signal=SIGKILL", unit, may_fail=True), self._ctl("stop", unit)])
         return Plan([self._ctl(verb, unit)])
 
+
+NO_USER_MANAGER = (
+    "systemctl --user needs your login's systemd user manager: \"Failed to connect to bus\" means this "
+    "session has none (su, sudo -u, a container). Run it from a login session (ssh or the console) of this "
+    "user, or `loginctl enable-linger $USER` and log in again"
+)
 
 # launchctl exit codes: 36 (EINPROGRESS) while a bootout is still draining the job; 3 (ESRCH) and 113
 # ("Could not find service") when it is not loaded.
@@ -400,11 +407,13 @@ def carry_out(plan: Plan, dry_run: bool, out: TextIO = sys.stdout) -> int:
             print(f"# would create {folder}", file=out)
         else:
             lifecycle.private_dir(folder)
+    before: tuple[Path, str | None] | None = None  # the file written, and what it held: undone on a failure
     if plan.write:
         path, text = plan.write
         if dry_run:
             print(f"# would write {path}:\n{text}", file=out)
         else:
+            before = (path, path.read_text() if path.exists() else None)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + ".tmp")
             # Owner only: it may carry HF_TOKEN. (launchd also refuses a plist that others can write.)
@@ -427,11 +436,28 @@ def carry_out(plan: Plan, dry_run: bool, out: TextIO = sys.stdout) -> int:
         code = run(command)
         if code is None:
             print(f"mlx-serve: {command.argv[0]} is not installed", file=sys.stderr)
+            _undo(before, out)
             return 1
         if code != 0 and code not in command.ok_codes and not command.may_fail:
             print(f"mlx-serve: `{command}` failed with exit code {code}", file=sys.stderr)
+            if plan.hint:
+                print(f"mlx-serve: {plan.hint}", file=sys.stderr)
+            _undo(before, out)
             return 1
     return 0
+
+
+def _undo(before: tuple[Path, str | None] | None, out: TextIO) -> None:
+    """A failed install leaves no file behind: the one it wrote goes back to what it was (or goes)."""
+    if before is None:
+        return
+    path, text = before
+    if text is None:
+        path.unlink(missing_ok=True)
+        print(f"removed {path}: nothing was installed", file=out)
+    else:
+        path.write_text(text)
+        print(f"restored {path}", file=out)
 
 
 RETRY_SECONDS = 0.5
