@@ -275,3 +275,28 @@ def test_voyage_client_gets_the_dimensions_and_dtype_it_asks_for(server: ServerP
     assert len(ranked.results) == 2
     scores = our_scores(server, "ce", QUERY, TEXTS)
     assert all(abs(r.relevance_score - scores[r.index]) < 1e-6 for r in ranked.results)
+
+
+@pytest.fixture
+def litellm(monkeypatch: pytest.MonkeyPatch):
+    # Its price table ships with it: without this it first tries to download a newer one (no internet here).
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    return litellm
+
+
+def test_litellm_ollama_and_huggingface_providers(server: ServerProcess, litellm) -> None:
+    """`ollama/` posts to /api/embed; `huggingface/` to the root, as TEI's. huggingface/ asks the Hugging Face
+    Hub for the model's task unless `input_type` names it (the README says so)."""
+    ours = our_vectors(server, TEXTS)
+    result = litellm.embedding(model=f"ollama/{MINILM}", input=TEXTS, api_base=server.url, api_key=KEY)
+    assert cosine(np.array([d["embedding"] for d in result.data]), ours).min() > 0.999999
+    result = litellm.embedding(
+        model=f"huggingface/{MINILM}",
+        input=TEXTS,
+        api_base=server.url,
+        api_key=KEY,
+        input_type="feature-extraction",
+    )
+    assert cosine(np.array([d["embedding"] for d in result.data]), ours).min() > 0.999999
