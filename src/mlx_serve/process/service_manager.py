@@ -236,7 +236,7 @@ class Systemd(Manager):
 
 
 NO_USER_MANAGER = (
-    "systemctl --user needs your login's systemd user manager: \"Failed to connect to bus\" means this "
+    'systemctl --user needs your login\'s systemd user manager: "Failed to connect to bus" means this '
     "session has none (su, sudo -u, a container). Run it from a login session (ssh or the console) of this "
     "user, or `loginctl enable-linger $USER` and log in again"
 )
