@@ -102,3 +102,23 @@ def test_a_padded_batch_equals_each_input_alone(app) -> None:
 
     alone = np.concatenate([scores([t]) for t in TEXTS])
     np.testing.assert_allclose(scores(TEXTS), alone, atol=1e-5 if dtype == "float32" else TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_activations_past_float16s_range_still_give_transformers_probabilities(
+    make_app, home: Path, folders, tmp_path, dtype
+) -> None:
+    """A classifier whose residual stream passes 65504 (as trained models' do): float16 is answered from the
+    float32 copy, bfloat16's range holds; the probabilities are transformers' either way."""
+    from .conftest import metric
+
+    big = tiny_models.scaled(folders["sentiment"], tmp_path / "big-sentiment", 1e5)
+    pull(ModelStore(home / ".mlx-serve" / "models"), str(big), prepare=prepare, name="big")
+    app = make_app(dtype=dtype)
+    logits = reference(big, TEXTS)
+    probabilities = np.exp(logits - logits.max(1, keepdims=True))
+    probabilities /= probabilities.sum(1, keepdims=True)
+    data = app.client.simulate_post("/classify", json={"model": "big", "input": TEXTS}).json["data"]
+    np.testing.assert_allclose(np.array([by_label(row, LABELS) for row in data]), probabilities, atol=2e-2)
+    recomputed = metric(app.client, 'mlx_serve_numerical_overflows_total{model="big",outcome="recomputed"}')
+    assert (recomputed or 0) == (len(TEXTS) if dtype == "float16" else 0)

@@ -284,30 +284,14 @@ def test_a_head_whose_outputs_are_not_finite_is_refused_at_pull(tmp_path: Path, 
         pull(ModelStore(tmp_path / "store"), str(folder), prepare=prepare, name="broken")
 
 
-def scaled(folder: Path, dest: Path, factor: float) -> Path:
-    """The model with its first layer's feed-forward output scaled: the residual stream passes float16's
-    65504 there (as trained models' activations do, tiny random ones never), before the LayerNorm."""
-    import shutil
-
-    from safetensors.numpy import load_file, save_file
-
-    shutil.copytree(folder, dest)
-    weights_file = next(dest.glob("*.safetensors"))
-    weights = load_file(weights_file)
-    key = next(k for k in weights if "layer.0.output.dense.weight" in k)
-    weights[key] = weights[key] * np.float32(factor)
-    save_file(weights, weights_file, metadata={"format": "pt"})
-    return dest
-
-
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_activations_past_float16s_range_still_give_the_references_outputs(
     make_app, home: Path, folders, tmp_path, dtype
 ) -> None:
     from .conftest import metric
 
-    splade = scaled(folders["splade"], tmp_path / "splade", 1e5)
-    m3 = scaled(folders["bge-m3"], tmp_path / "bge-m3", 1e5)
+    splade = tiny_models.scaled(folders["splade"], tmp_path / "splade", 1e5)
+    m3 = tiny_models.scaled(folders["bge-m3"], tmp_path / "bge-m3", 1e5)
     store = ModelStore(home / ".mlx-serve" / "models")
     for name, folder in (("big-splade", splade), ("big-m3", m3)):
         pull(store, str(folder), prepare=prepare, name=name)

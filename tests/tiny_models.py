@@ -434,3 +434,20 @@ def bge_m3(path: Path, seed: int = 0, heads: tuple[str, ...] = ("sparse", "colbe
                     linear.bias -= (values[middle - 1] + values[middle]) / 2
             torch.save(linear.state_dict(), path / f"{head}_linear.pt")
     return path
+
+
+def scaled(folder: Path, dest: Path, factor: float) -> Path:
+    """The model with its first layer's feed-forward output scaled: the residual stream passes float16's
+    65504 there (as trained models' activations do, tiny random ones never), before the LayerNorm."""
+    import shutil
+
+    import numpy
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(folder, dest)
+    weights_file = next(dest.glob("*.safetensors"))
+    weights = load_file(weights_file)
+    key = next(k for k in weights if "layer.0.output.dense.weight" in k)
+    weights[key] = weights[key] * numpy.float32(factor)
+    save_file(weights, weights_file, metadata={"format": "pt"})
+    return dest
