@@ -348,3 +348,18 @@ def test_concurrent_requests_of_mixed_models_and_lengths_get_their_own_answers(a
 
 def vec_of(body: dict) -> np.ndarray:
     return np.array([d["embedding"] for d in body["data"]])
+
+
+def test_a_load_outlasting_its_request_still_happens_once_for_the_next(make) -> None:
+    """A model whose load is still queued when its request times out loads anyway: the next request finds
+    it loaded, and no load is ever left queued for ever (which kept the model's slot from being freed)."""
+    app = make(request_timeout="0.5")
+    client, runtime = app.client, app.runtime
+    release = hold_inference_thread(runtime)
+    late = embed(client, input="its model is not loaded yet")
+    assert late.status_code == 503
+    release.set()
+    wait_for(lambda: [m["name"] for m in client.simulate_get("/api/ps").json["models"]] == ["qwen3-emb"])
+    misses = runtime.metrics.cache_misses.labels("embedding")._value.get()
+    assert embed(client, input="on time").status_code == 200
+    assert runtime.metrics.cache_misses.labels("embedding")._value.get() == misses  # loaded once, for both

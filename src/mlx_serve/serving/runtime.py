@@ -296,7 +296,10 @@ class Runtime:
                 return future.result(timeout=max(0.0, min(left, CLIENT_CHECK)))
             except FutureTimeout:
                 if left <= CLIENT_CHECK:
-                    future.cancel()  # if it has not started, it never will
+                    # A queued job never runs; a load (no job) goes on for the next request of its model
+                    # (cache.schedule_load), which would otherwise queue it again and wait as long.
+                    if job is not None:
+                        future.cancel()
                     raise Overloaded(
                         f"The server is busy: no result within {self.settings.request_timeout:g} s."
                     ) from None
