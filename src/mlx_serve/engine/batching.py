@@ -416,7 +416,7 @@ class BatchRunner:
 
 
 class RunnerModel:
-    """What a model that runs through a BatchRunner shares (rerankers, classifiers): its name, tokenizer,
+    """What a model that runs through a BatchRunner shares (embedders, rerankers, classifiers): its name, tokenizer,
     runner and weights (`arrays`, for its size)."""
 
     def __init__(

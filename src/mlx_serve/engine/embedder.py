@@ -19,7 +19,7 @@ import numpy as np
 from mlx_serve.core.errors import InvalidRequest
 from mlx_serve.core.types import OUTPUTS, Input, Output, Truncation
 from mlx_serve.engine import multivector, sparse
-from mlx_serve.engine.batching import BatchRunner, Rows, Seq, Stop
+from mlx_serve.engine.batching import BatchRunner, Rows, RunnerModel, Seq, Stop
 from mlx_serve.engine.pooling import pool
 from mlx_serve.engine.st_layout import Layout, prompt_for
 from mlx_serve.engine.tokenizer import TextTokenizer
@@ -68,7 +68,7 @@ class DenseLayer:
         return mx.tanh(x) if self.activation == "tanh" else x
 
 
-class Embedder:
+class Embedder(RunnerModel):
     """Vectors as the model's sentence-transformers files describe them (st_layout): pooling, Dense
     modules, normalisation, and the model's named prompts."""
 
@@ -91,9 +91,7 @@ class Embedder:
         vocabulary: int = 0,
     ) -> None:
         """`logits`: the masked-LM head a SPLADE layout pools; `token_heads`: BGE-M3's."""
-        self.name = name
         self.forward = forward
-        self.tokenizer = tokenizer
         self.layout = layout
         self.dense = [DenseLayer.load(d.path, d.activation) for d in layout.dense]
         self.logits = logits
@@ -111,22 +109,14 @@ class Embedder:
             self.dimensions = layout.dimensions(hidden_size)
         self.query_template = query_template
         self.default_instruction = default_instruction
-        self.arrays = arrays
         self.pad_id = pad_id
-        self.runner = BatchRunner(self._splade if layout.splade else self._head, pad_id, "right", streams)
+        runner = BatchRunner(self._splade if layout.splade else self._head, pad_id, "right", streams)
+        super().__init__(name, tokenizer, runner, arrays)
         self._views: dict[tuple[Output, ...], OutputView] = {}
 
     @property
     def normalize(self) -> bool:
         return self.layout.normalize
-
-    @property
-    def max_length(self) -> int:
-        return self.tokenizer.max_length
-
-    @property
-    def streams(self) -> list[mx.Stream]:
-        return self.runner.streams
 
     def nbytes(self) -> int:
         dense = sum(d.weight_t.nbytes for d in self.dense)
