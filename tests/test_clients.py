@@ -300,3 +300,13 @@ def test_litellm_ollama_and_huggingface_providers(server: ServerProcess, litellm
         input_type="feature-extraction",
     )
     assert cosine(np.array([d["embedding"] for d in result.data]), ours).min() > 0.999999
+
+
+def test_chromadb_ollama_embedding_function(server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    """chromadb's OllamaEmbeddingFunction takes a URL and a model, no headers: the ollama client under it
+    sends the key from OLLAMA_API_KEY (the README says so)."""
+    from chromadb.utils.embedding_functions.ollama_embedding_function import OllamaEmbeddingFunction
+
+    monkeypatch.setenv("OLLAMA_API_KEY", KEY)
+    function = OllamaEmbeddingFunction(url=server.url, model_name=MINILM)
+    assert cosine(np.array(function(TEXTS)), our_vectors(server, TEXTS)).min() > 0.999999
