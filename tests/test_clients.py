@@ -32,10 +32,16 @@ KEY = "test-key"
 
 @pytest.fixture(scope="module")
 def server(module_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """A server with the built-in MiniLM and a tiny cross-encoder `ce`, behind an API key (the clients all
-    send one)."""
-    ce = tiny_models.bert_cross_encoder(tmp_path_factory.mktemp("clients") / "ce", seed=11)
-    ModelStore(module_home / ".mlx-serve" / "models").import_dir(ce, "ce")
+    """A server with the built-in MiniLM, a tiny cross-encoder `ce` and a tiny SPLADE `splade`, behind an API
+    key (the clients all send one). TEI's clients name no model: MiniLM is the one dense model, `ce` the
+    one reranker, `splade` the one sparse model."""
+    from mlx_serve.engine.verify import prepare
+    from mlx_serve.store.pull import pull
+
+    folder = tmp_path_factory.mktemp("clients")
+    store = ModelStore(module_home / ".mlx-serve" / "models")
+    store.import_dir(tiny_models.bert_cross_encoder(folder / "ce", seed=11), "ce")
+    pull(store, str(tiny_models.splade(folder / "splade", seed=12)), prepare=prepare, name="splade")
     server = ServerProcess.start(module_home, [], {"MLX_SERVE_API_KEY": KEY})
     server.wait_healthy()
     yield server
@@ -82,7 +88,7 @@ def test_openai_client_embeds_lists_base64_and_retrieves_models(server: ServerPr
     short = client.embeddings.create(model=MINILM, input=TEXTS[:1], dimensions=64)
     assert len(short.data[0].embedding) == 64
     assert client.models.retrieve(MINILM).id == MINILM
-    assert {m.id for m in client.models.list()} == {MINILM, "ce"}
+    assert {m.id for m in client.models.list()} == {MINILM, "ce", "splade"}
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("no-such-model")
 
@@ -310,3 +316,37 @@ def test_chromadb_ollama_embedding_function(server: ServerProcess, monkeypatch: 
     monkeypatch.setenv("OLLAMA_API_KEY", KEY)
     function = OllamaEmbeddingFunction(url=server.url, model_name=MINILM)
     assert cosine(np.array(function(TEXTS)), our_vectors(server, TEXTS)).min() > 0.999999
+
+
+def test_haystack_tei_embedders_sparse_embedder_and_ranker(server: ServerProcess) -> None:
+    """haystack's Hugging Face API components with api_type text_embeddings_inference (none names a model):
+    the dense text and document embedders, the sparse text embedder (/embed_sparse) and HuggingFaceTEIRanker."""
+    from haystack import Document
+    from haystack.utils import Secret
+    from haystack_integrations.components.embedders.huggingface_api import (
+        HuggingFaceAPIDocumentEmbedder,
+        HuggingFaceAPITextEmbedder,
+        HuggingFaceTEISparseTextEmbedder,
+    )
+    from haystack_integrations.components.rankers.huggingface_api import HuggingFaceTEIRanker
+
+    token = Secret.from_token(KEY)
+    tei = {"api_type": "text_embeddings_inference", "api_params": {"url": server.url}, "token": token}
+    ours = our_vectors(server, TEXTS)
+    text = HuggingFaceAPITextEmbedder(**tei).run(text=TEXTS[0])["embedding"]
+    assert cosine(np.array([text]), ours[:1]).min() > 0.999999
+    documents = HuggingFaceAPIDocumentEmbedder(**tei).run(documents=[Document(content=t) for t in TEXTS])["documents"]
+    assert cosine(np.array([d.embedding for d in documents]), ours).min() > 0.999999
+    sparse = HuggingFaceTEISparseTextEmbedder(api_base_url=server.url, token=token).run(text=TEXTS[0])[
+        "sparse_embedding"
+    ]
+    expected = post(server, "/v1/embeddings", {"model": "splade", "input": [TEXTS[0]], "outputs": ["sparse"]})
+    assert sparse.indices == expected["data"][0]["sparse_embedding"]["indices"]
+    np.testing.assert_allclose(sparse.values, expected["data"][0]["sparse_embedding"]["values"], rtol=1e-6)
+    ranked = HuggingFaceTEIRanker(url=server.url, token=token, top_k=len(TEXTS)).run(
+        query=QUERY, documents=[Document(content=t) for t in TEXTS]
+    )["documents"]
+    scores = our_scores(server, "ce", QUERY, TEXTS)
+    by_text = {t: scores[i] for i, t in enumerate(TEXTS)}
+    assert [d.content for d in ranked] == sorted(TEXTS, key=lambda t: -by_text[t])
+    np.testing.assert_allclose([d.score for d in ranked], [by_text[d.content] for d in ranked], atol=1e-5)

@@ -69,7 +69,9 @@ class DecoderStack:
         `overrides` correct config values mlx-lm would read otherwise (see gemma3.py)."""
         from mlx.utils import tree_flatten
 
-        model, config = load_model(model_dir, model_config=overrides or {}, get_model_classes=_classes_for_any_checkpoint)
+        model, config = load_model(
+            model_dir, model_config=overrides or {}, get_model_classes=_classes_for_any_checkpoint
+        )
         if not config.get("quantization"):
             stored = next(v for _, v in tree_flatten(model.parameters())).dtype
             model.set_dtype(dtype(stored))

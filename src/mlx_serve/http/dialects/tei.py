@@ -19,7 +19,7 @@ from mlx_serve import __version__
 from mlx_serve.core.errors import InvalidRequest
 from mlx_serve.core.intents import ClassifyIntent, DecodeIntent, EmbedIntent, RerankIntent, TokenizeIntent
 from mlx_serve.core.service import Service
-from mlx_serve.core.types import ModelType, Truncation
+from mlx_serve.core.types import ModelType, Output, Truncation
 from mlx_serve.http.dialects.base import Limits, Operation, Resource, inputs_in, served
 from mlx_serve.http.fields import KeepAlive, StrictRequest, parse, texts_field, too_many
 
@@ -155,8 +155,9 @@ def _truncation(truncate: bool | None, direction: str) -> Truncation | None:
 class TeiResource(Resource):
     model_type: ModelType = "embedding"
 
-    def model(self, name: str | None) -> str:
-        return name or self.service.default_model(self.model_type).name
+    def model(self, name: str | None, output: Output | None = None) -> str:
+        """The model named, else the default of this route's type (among those that give `output`)."""
+        return name or self.service.default_model(self.model_type, output).name
 
 
 class EmbedResource(TeiResource):
@@ -168,7 +169,7 @@ class EmbedResource(TeiResource):
         request = parse(TeiEmbedRequest, body)
         too_many(len(request.inputs), self.limits.max_inputs, "inputs", "inputs")
         intent = EmbedIntent(
-            model=self.model(request.model),
+            model=self.model(request.model, "dense"),  # a SPLADE model in the store is never meant here
             inputs=request.inputs,
             dimensions=request.dimensions,
             prompt_name=request.prompt_name,
@@ -187,7 +188,7 @@ class EmbedSparseResource(TeiResource):
         request = parse(TeiEmbedSparseRequest, self.body(req))
         too_many(len(request.inputs), self.limits.max_inputs, "inputs", "inputs")
         intent = EmbedIntent(
-            model=request.model or self.service.default_model("embedding", "sparse").name,
+            model=self.model(request.model, "sparse"),
             inputs=request.inputs,
             prompt_name=request.prompt_name,
             truncation=_truncation(request.truncate, request.truncation_direction),
