@@ -340,8 +340,8 @@ class Server:
             self.proc = subprocess.Popen(args, env=full_env, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 300
         while True:
-            try:
-                urllib.request.urlopen(f"{self.url}/health", timeout=2).read()
+            try:  # /ready, not /health: ready once the preloads are done (a first pass must not time a load)
+                urllib.request.urlopen(f"{self.url}/ready", timeout=2).read()
                 return
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:

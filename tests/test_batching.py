@@ -189,6 +189,12 @@ def test_warmed_shapes_leave_nothing_to_build_for_varied_lengths(embedder) -> No
 
 
 def test_a_shape_beyond_the_byte_bound_is_not_warmed(embedder) -> None:
+    """Under a byte bound, warming builds a large shape only once its cost is known (warming never measures:
+    that takes what a request so long takes) and only if a run could launch it."""
     runner = BatchRunner(embedder._head, 0, "right", embedder.streams[:1], buckets=True, compiled=False)
+    assert not runner.warm(64, 64, max_bytes=10**12)  # its cost is not known yet
+    assert runner.cost is None  # and nothing was measured to find out
+    assert runner.warm(8, 32, max_bytes=1024)  # a small shape needs no cost: runs this small are never bounded
+    runner.measure(64)
     assert not runner.warm(64, 64, max_bytes=1024)  # a run would split such a batch: never built
     assert runner.warm(64, 64, max_bytes=10**12)
