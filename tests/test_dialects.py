@@ -87,6 +87,11 @@ def test_outputs_give_sparse_and_multi_vector_items(fake) -> None:
     only_sparse = post(fake, "/v1/embeddings", **{**body, "outputs": ["sparse"]}).json["data"][0]
     assert "embedding" not in only_sparse or only_sparse["embedding"] is None
     assert_openai_error(post(fake, "/v1/embeddings", **{**body, "outputs": ["lexical"]}), 400, "invalid_outputs")
+    # Fields that shape the dense vector are refused when no dense vector was asked for, not ignored.
+    for field, value in (("encoding_format", "base64"), ("output_dtype", "int8")):
+        refused = post(fake, "/v1/embeddings", **{**body, "outputs": ["sparse"], field: value})
+        assert_openai_error(refused, 400, f"invalid_{field}")
+        assert refused.json["error"]["param"] == field
 
 
 # -- rerank: Jina's (and Cohere v1's, Voyage's) /v1/rerank, Infinity's /rerank ----------------------------

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import falcon
 from pydantic import BaseModel, Field, StrictBool, StrictInt
 
+from mlx_serve.core.errors import InvalidRequest
 from mlx_serve.core.intents import EmbedIntent, ModelInfo
 from mlx_serve.core.service import Service
 from mlx_serve.core.types import Output, Truncation
@@ -101,6 +102,10 @@ class ModelList(BaseModel):
 
 
 def embed_intent(request: EmbeddingRequest) -> EmbedIntent:
+    if request.outputs and "dense" not in request.outputs:
+        for name in ("encoding_format", "output_dtype"):  # they shape the dense vector only
+            if getattr(request, name) is not None:
+                raise InvalidRequest(f"{name} applies to the dense output, which was not asked for", param=name)
     truncate = same(request.truncate, request.truncation, ("truncate", "truncation"))
     return EmbedIntent(
         model=request.model,
