@@ -101,6 +101,13 @@ def texts_of(n: int, words: int, seed: int, vary: bool = False) -> list[str]:
 
 
 # -- models ---------------------------------------------------------------------------------------
+ONLY: set[str] = set()  # --only: the models to build, pull and measure (empty: all)
+
+
+def wanted(name: str) -> bool:
+    return not ONLY or name in ONLY
+
+
 def build(models: Path, minilm_files: Path, tiny: bool) -> None:
     """Random weights in the real shapes, in the Hugging Face and sentence-transformers layouts."""
     import torch
@@ -111,7 +118,7 @@ def build(models: Path, minilm_files: Path, tiny: bool) -> None:
     config = BertConfig.from_pretrained(minilm_files)
     for name, cls in (("minilm", BertModel), ("minilm-ce", BertForSequenceClassification)):
         path = models / name
-        if (path / "model.safetensors").exists():
+        if (path / "model.safetensors").exists() or not wanted(name):
             continue
         labels = {"num_labels": 1, "id2label": {0: "LABEL_0"}, "label2id": {"LABEL_0": 0}}
         cfg = BertConfig.from_dict({**config.to_dict(), **labels})
@@ -128,7 +135,7 @@ def build(models: Path, minilm_files: Path, tiny: bool) -> None:
                 shutil.copy(minilm_files / file, path / file)
     for name, kind in (("qwen3-emb", "embedding"), ("qwen3-rr", "reranker")):
         path = models / name
-        if (path / "model.safetensors").exists() or any(path.glob("model-*.safetensors")):
+        if (path / "model.safetensors").exists() or any(path.glob("model-*.safetensors")) or not wanted(name):
             continue
         qwen3_06b(path, kind, tiny)
 
@@ -181,7 +188,7 @@ def qwen3_06b(path: Path, kind: str, tiny: bool = False) -> None:
 def pull_all(models: Path, home: Path) -> None:
     env = {**os.environ, "HOME": str(home)}
     for name in ("minilm", "minilm-ce", "qwen3-emb", "qwen3-rr"):
-        if (home / ".mlx-serve" / "models" / name / "mlx-serve.json").exists():
+        if (home / ".mlx-serve" / "models" / name / "mlx-serve.json").exists() or not wanted(name):
             continue
         started = time.perf_counter()
         subprocess.run(
@@ -560,6 +567,8 @@ def memory(home: Path, quick: bool) -> None:
         # Before both (no bound, shapes built on first sight), the bound alone, and the defaults.
         configs = (("0", "false"), ("auto", "false"), ("auto", "true"))
         for name, words in (("qwen3-emb", 30), ("minilm", 150)):
+            if not wanted(name):
+                continue
             for setting, warm in configs:
                 env = {"MLX_SERVE_MAX_INFLIGHT_BYTES": setting, "MLX_SERVE_WARM_SHAPES": warm}
                 srv = Server(home, [name], env)
@@ -622,7 +631,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="fewer texts and rounds")
     parser.add_argument("--tiny", action="store_true", help="a two-layer Qwen3, to try the script on a CPU")
+    parser.add_argument("--only", default="", help="comma-separated models for build and memory (default: all)")
     args = parser.parse_args()
+    ONLY.update(n for n in args.only.split(",") if n)
     models, home = args.dir / "models", args.dir / "home"
     home.mkdir(parents=True, exist_ok=True)
     minilm_files = args.minilm_files

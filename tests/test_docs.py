@@ -31,3 +31,18 @@ def test_every_relative_link_resolves(page: Path) -> None:
         if not path.exists() or (anchor and path.suffix == ".md" and anchor not in anchors(path)):
             broken.append(link)
     assert not broken, f"{page.name}: {broken}"
+
+
+def test_every_metric_is_in_the_api_reference() -> None:
+    from prometheus_client import Counter
+
+    from mlx_serve.metrics import Metrics
+
+    metrics = Metrics()
+    reference = (ROOT / "docs" / "api.md").read_text()
+    names = [
+        (f"{m._name}_total" if isinstance(m, Counter) else m._name)
+        for m in vars(metrics).values()
+        if hasattr(m, "_name")
+    ]
+    assert names and not [n for n in names if f"`{n}`" not in reference]
