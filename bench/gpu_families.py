@@ -101,8 +101,11 @@ def sparse_and_multivector(root: Path) -> bool:
         np.abs(s.values - reference[f"sparse_values_{i}"]).max(initial=0.0) for i, s in enumerate(got["sparse"])
     )
     same_ids = all(np.array_equal(s.indices, reference[f"sparse_ids_{i}"]) for i, s in enumerate(got["sparse"]))
-    print(f"bge-m3: dense min cosine {dense:.6f}, multivector min cosine {colbert:.6f}, sparse same ids {same_ids}, "
-          f"max weight difference {sparse:.2e}", flush=True)
+    print(
+        f"bge-m3: dense min cosine {dense:.6f}, multivector min cosine {colbert:.6f}, sparse same ids {same_ids}, "
+        f"max weight difference {sparse:.2e}",
+        flush=True,
+    )
     return ok and bool(dense >= 0.999 and colbert >= 0.999 and sparse < 5e-3)
 
 
