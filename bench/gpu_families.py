@@ -112,7 +112,7 @@ def sparse_and_multivector(root: Path) -> bool:
 def prepare_bge_m3(folder: Path) -> tuple[Path, dict[str, np.ndarray]]:
     """The tiny BGE-M3 and FlagEmbedding's outputs for TEXTS (raises ImportError without FlagEmbedding).
     Where the GPU machine lacks FlagEmbedding, run `python3 bench/gpu_families.py prepare` here first: it
-    writes both to bench/bge-m3-reference/ (untracked), which travels with the checkout."""
+    writes both to bench/bge-m3-reference/ (git-ignored: name it in the GPU call's carry)."""
     from FlagEmbedding import BGEM3FlagModel
 
     path = tiny_models.bge_m3(folder / "model", seed=43)
