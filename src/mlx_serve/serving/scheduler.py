@@ -172,6 +172,8 @@ class Scheduler:
         with self._cond:
             while not self._requests and not self._control and not self._closing:
                 if self._background:
+                    # Its buffers go to MLX's cache as a batch's do: given back once idle, as theirs are.
+                    self._ran_since_idle = True
                     return ControlJob(self._background.popleft(), background=True)
                 if self._ran_since_idle and self.on_idle is not None:
                     if not self._cond.wait(self.idle_after):
