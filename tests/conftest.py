@@ -16,6 +16,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -254,6 +255,25 @@ def make_fake(home: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Fake
 @pytest.fixture
 def fake(make_fake: Callable[..., FakeApp]) -> FakeApp:
     return make_fake()
+
+
+@contextmanager
+def pulled_and_served(home: Path, folders: dict[str, Path], dtype: str) -> Iterator[App]:
+    """An app in `dtype` over home's store, holding `folders` pulled under their names as `mlx-serve pull`
+    does (converted and checked), once per store: a module's fixture serves them in each dtype in turn."""
+    from mlx_serve.engine.verify import prepare
+    from mlx_serve.store.pull import pull
+
+    with pytest.MonkeyPatch.context() as mp:
+        store = ModelStore(home / ".mlx-serve" / "models")
+        for name, folder in folders.items():
+            if store.get(name) is None:
+                pull(store, str(folder), prepare=prepare, name=name)
+        served = build_app(mp, dtype=dtype)
+        try:
+            yield served
+        finally:
+            served.runtime.close()
 
 
 @pytest.fixture(scope="module")

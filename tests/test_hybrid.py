@@ -22,7 +22,7 @@ from mlx_serve.store.pull import pull
 from mlx_serve.store.store import ModelStore, StoreError
 
 from . import tiny_models
-from .conftest import App, build_app
+from .conftest import App, pulled_and_served
 
 TEXTS = [
     "The capital of China is Beijing.",
@@ -51,14 +51,8 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module", params=list(TOLERANCE))
 def app(request, module_home: Path, folders: dict[str, Path]) -> Iterator[tuple[str, App]]:
-    with pytest.MonkeyPatch.context() as mp:
-        store = ModelStore(module_home / ".mlx-serve" / "models")
-        for name, folder in folders.items():
-            if store.get(name) is None:
-                pull(store, str(folder), prepare=prepare, name=name)
-        served = build_app(mp, dtype=request.param)
+    with pulled_and_served(module_home, folders, request.param) as served:
         yield request.param, served
-        served.runtime.close()
 
 
 @pytest.fixture(scope="module")

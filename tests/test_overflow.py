@@ -21,24 +21,12 @@ TEXTS = ["the quick brown fox", "gravity pulls everything down", "a"]
 MIN_COSINE = {"float32": 0.99999, "float16": 0.9999, "bfloat16": 0.995}
 
 
-def scaled_minilm(minilm_dir: Path, dest: Path, factor: float) -> Path:
-    """MiniLM with one feed-forward output scaled: its residual stream passes 65504 before the LayerNorm
-    (float16 then gives NaN), while float32 and the LayerNorm after it are untroubled."""
-    shutil.copytree(minilm_dir, dest)
-    weights_file = next(dest.glob("*.safetensors"))
-    weights = load_file(weights_file)
-    key = next(k for k in weights if "layer.2.output.dense.weight" in k)
-    weights[key] = weights[key] * np.float32(factor)
-    save_file(weights, weights_file, metadata={"format": "pt"})
-    return dest
-
-
 @pytest.fixture(scope="module")
 def overflowing(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
     """The scaled model and sentence-transformers' vectors for TEXTS (in float32, on the CPU)."""
     from sentence_transformers import SentenceTransformer
 
-    path = scaled_minilm(minilm_dir, tmp_path_factory.mktemp("models") / "big", 3000.0)
+    path = tiny_models.scaled(minilm_dir, tmp_path_factory.mktemp("models") / "big", 3000.0, layer=2)
     return path, SentenceTransformer(str(path), device="cpu").encode(TEXTS)
 
 

@@ -436,9 +436,10 @@ def bge_m3(path: Path, seed: int = 0, heads: tuple[str, ...] = ("sparse", "colbe
     return path
 
 
-def scaled(folder: Path, dest: Path, factor: float) -> Path:
-    """The model with its first layer's feed-forward output scaled: the residual stream passes float16's
-    65504 there (as trained models' activations do, tiny random ones never), before the LayerNorm."""
+def scaled(folder: Path, dest: Path, factor: float, layer: int = 0) -> Path:
+    """The model with one layer's feed-forward output scaled: the residual stream passes float16's 65504
+    there (as trained models' activations do, tiny random ones never), before the LayerNorm; float32 and
+    the LayerNorm after it are untroubled."""
     import shutil
 
     import numpy
@@ -447,7 +448,7 @@ def scaled(folder: Path, dest: Path, factor: float) -> Path:
     shutil.copytree(folder, dest)
     weights_file = next(dest.glob("*.safetensors"))
     weights = load_file(weights_file)
-    key = next(k for k in weights if "layer.0.output.dense.weight" in k)
+    key = next(k for k in weights if f"layer.{layer}.output.dense.weight" in k)
     weights[key] = weights[key] * numpy.float32(factor)
     save_file(weights, weights_file, metadata={"format": "pt"})
     return dest
