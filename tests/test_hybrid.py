@@ -244,7 +244,12 @@ def test_other_sparse_or_multivector_layouts_are_refused_at_pull_in_one_sentence
     (static / "modules.json").write_text(json.dumps(modules))
     with pytest.raises(StoreError, match=r"SpladePooling.*nothing else"):
         pull(store, str(static), prepare=prepare, name="static")
-    assert store.get("colbert") is None and store.get("static") is None
+    both = tmp_path / "splade-with-heads"  # one of the two sparse outputs would be ignored
+    shutil.copytree(folders["splade"], both)
+    shutil.copy(folders["bge-m3"] / "sparse_linear.pt", both / "sparse_linear.pt")
+    with pytest.raises(StoreError, match="would be ignored"):
+        pull(store, str(both), prepare=prepare, name="both")
+    assert store.get("colbert") is None and store.get("static") is None and store.get("both") is None
 
 
 def test_a_head_pickle_that_would_run_code_is_refused_and_never_run(tmp_path: Path, folders) -> None:

@@ -46,6 +46,11 @@ def encoder_model(
             raise UnsupportedArchitecture(
                 f"{ctx.config.get('model_type')} models have no masked-LM head for SPLADE here"
             )
+        heads = token_heads(ctx.path, tokenizer, hidden_size)
+        if ctx.layout.splade is not None and heads is not None:
+            raise UnsupportedArchitecture(
+                "a SPLADE model with BGE-M3's sparse or colbert head beside it: one of them would be ignored"
+            )
         return Embedder(
             ctx.name,
             forward,
@@ -56,7 +61,7 @@ def encoder_model(
             arrays,
             ctx.streams,
             logits=logits() if ctx.layout.splade is not None and logits is not None else None,
-            token_heads=token_heads(ctx.path, tokenizer, hidden_size),
+            token_heads=heads,
             vocabulary=int(ctx.config.get("vocab_size", 0)),
         )
     labels = labels_of(ctx.config)
