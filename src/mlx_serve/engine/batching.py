@@ -207,6 +207,8 @@ class BatchRunner:
         self.cost: TokenCost | None = None  # measured on the first run given max_bytes
         self.cost_width = 0  # the width it was measured at
         self.inflight_bytes = 0  # the estimated activations of the batches queued and not yet read
+        # Each batch within this share of max_bytes: a half lets two run back to back inside the bound.
+        self.batch_share = 0.5
 
     def measure(self, width: int, tokens: int = 512) -> TokenCost:
         """What a padded token costs this model's activations, from one batch of about `tokens` tokens at
@@ -243,7 +245,11 @@ class BatchRunner:
         whose cost is not known yet: measuring it takes what a request that long takes (on the H100, warming
         that measured up to 8192-token widths raised Qwen3-0.6B's peak from 2.1 to 4.4 GB). Whether built."""
         unknown = self.cost is None or width > 2 * self.cost_width
-        if max_bytes is not None and rows * width > SMALL_RUN and (unknown or self.cost(rows, width) > max_bytes / 2):
+        if (
+            max_bytes is not None
+            and rows * width > SMALL_RUN
+            and (unknown or self.cost(rows, width) > max_bytes * self.batch_share)
+        ):
             return False
         batch = [Seq([self.pad_id] * max(1, width - 1)) for _ in range(rows)]
         self._rows(batch, self._launch(batch))
@@ -273,7 +279,7 @@ class BatchRunner:
                     mx.clear_cache()
             if cost is not None:  # as _bytes counts a batch: its width arrives bucketed, its rows too
                 fits = lambda rows, width: (  # noqa: E731
-                    cost(bucket(rows, ROW_BUCKETS) if self.buckets else rows, width) <= max_bytes / 2
+                    cost(bucket(rows, ROW_BUCKETS) if self.buckets else rows, width) <= max_bytes * self.batch_share
                 )
         batches = plan_batches([len(s) for s in seqs], max_batch_tokens, self.buckets, fits)
         sizes = {id(b): self._bytes(seqs, b) for b in batches}

@@ -103,6 +103,36 @@ def inflight_budget(setting: int | None) -> int | None:
     return max(INFLIGHT_FLOOR, min(INFLIGHT_CAP, mx.get_memory_limit() // 16))
 
 
+def current_limit() -> int:
+    import mlx.core as mx
+
+    return mx.get_memory_limit()
+
+
+def throttles() -> bool:
+    """Whether the bound is kept as MLX's memory limit (`throttle`) rather than by splitting batches: on a
+    GPU. There MLX encodes a batch's kernels ahead of the device, allocating each output as it encodes it
+    and freeing the inputs once the kernels have run; on an H100 a Qwen3-0.6B forward pass had all 28
+    layers' activations alive at once (327 KB a token, a layer needing some 12 KB), and batches split to
+    fit the bound lost 20-50% of the throughput. MLX's eval waits for the device whenever its active
+    memory passes the memory limit, so a limit of the weights plus the bound holds the peak at no such
+    cost. On a CPU each kernel runs as it is queued and waiting cost half the speed: batches are split
+    there (engine/batching.py)."""
+    import mlx.core as mx
+
+    return mx.default_device() == mx.gpu
+
+
+def throttle(configured: int, loaded: int, bound: int | None) -> int:
+    """Set MLX's memory limit to the loaded weights plus the bound, never above the configured limit
+    (`bound` None: the configured limit). The limit set."""
+    import mlx.core as mx
+
+    limit = configured if bound is None else min(configured, loaded + bound)
+    mx.set_memory_limit(limit)
+    return limit
+
+
 def usage() -> Usage:
     import mlx.core as mx
 

@@ -85,16 +85,23 @@ class Runtime:
         self.store = store
         self.metrics = metrics
         self.cl100k = Cl100kDecoder()
+        # The bound on the activations at once: kept by MLX's memory limit on a GPU, by splitting batches
+        # on a CPU (memory.throttles says why).
+        self.inflight_bound = memory.inflight_budget(settings.max_inflight_bytes)
+        self.throttled = memory.throttles()
+        limits = metrics.memory.limits
+        self.memory_limit = limits.memory if limits is not None else memory.current_limit()
+        self.loaded_bytes = 0
         self.scheduler = Scheduler(
             batch_tokens(settings.max_batch_tokens),
             settings.max_queued_requests,
             metrics,
             on_idle=memory.release_cache,
             idle_after=memory.IDLE_RELEASE_SECONDS,
-            max_inflight_bytes=memory.inflight_budget(settings.max_inflight_bytes),
+            max_inflight_bytes=None if self.throttled else self.inflight_bound,
         )
-        metrics.memory.inflight = lambda: self.scheduler.inflight_bytes
-        metrics.memory.inflight_limit = self.scheduler.max_inflight_bytes
+        metrics.memory.inflight = self._inflight
+        metrics.memory.inflight_limit = self.inflight_bound
         metrics.shapes_pending.set_function(self.scheduler.background_pending)
         self.cache = ModelCache(
             {
@@ -177,7 +184,7 @@ class Runtime:
 
     def memory(self) -> Memory:
         now = memory.usage()
-        return Memory(now.active, now.cache, now.peak, self.scheduler.inflight_bytes)
+        return Memory(now.active, now.cache, now.peak, self._inflight())
 
     # -- the control plane ---------------------------------------------------------------------------
     def pull(self, intent: PullIntent) -> Iterator[bytes]:
@@ -282,9 +289,20 @@ class Runtime:
         self._wire()
 
     def _wire(self, loading: int = 0) -> None:
-        """Keep the loaded weights wired on Metal (see memory.wired_target)."""
+        """Keep the loaded weights wired on Metal (see memory.wired_target), and on a GPU hold the
+        activations within the bound above them (memory.throttle)."""
         loaded = sum(m.size_bytes for m in self.cache.snapshot()) + loading
         memory.set_wired(self.settings.mlx_wired_limit, loaded)
+        self.loaded_bytes = loaded
+        if self.throttled:
+            memory.throttle(self.memory_limit, loaded, self.inflight_bound)
+
+    def _inflight(self) -> int:
+        """The activations on the device now: on a GPU what MLX holds beyond the weights, on a CPU the
+        estimate the batches are split by."""
+        if self.throttled:
+            return max(0, memory.usage().active - self.loaded_bytes)
+        return self.scheduler.inflight_bytes
 
     # -- request threads --------------------------------------------------------------------------
     def _wait(self, future: Future[Any], deadline: float, job: Job | None = None) -> Any:
