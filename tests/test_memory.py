@@ -28,13 +28,43 @@ def test_a_bad_size_is_a_settings_error(home, monkeypatch) -> None:
         load_settings()
 
 
-def test_the_buffer_cache_goes_back_once_idle(make_app) -> None:
+def test_the_buffer_cache_goes_back_once_idle(make_app, monkeypatch) -> None:
+    from mlx_serve.serving import memory
+
+    monkeypatch.setattr(memory, "IDLE_RELEASE_SECONDS", 0.3)  # the wait, shortened; the release is real
     app = make_app()
     client = app.client
     body = {"model": MINILM, "input": ["a text long enough to leave buffers behind " * 20] * 16}
     assert client.simulate_post("/v1/embeddings", json=body).status_code == 200
     wait_for(lambda: client.simulate_get("/health").json["memory"]["cache_bytes"] == 0, timeout=6)
     assert client.simulate_get("/api/ps").json["memory"]["active_bytes"] > 80 * 2**20  # the weights stay
+
+
+def test_on_a_gpu_the_bound_is_mlx_memory_limit_above_the_loaded_weights(make_app, monkeypatch) -> None:
+    """Where MLX encodes ahead of the device (a GPU), MLX's memory limit is the loaded weights plus
+    max_inflight_bytes, as models load and unload; MLX's eval waits on it. The vectors do not change."""
+    import mlx.core as mx
+
+    from mlx_serve.serving import memory
+
+    configured = mx.get_memory_limit()
+    body = {"model": MINILM, "input": ["a text long enough to take some memory " * 10] * 8, "keep_alive": 0}
+    plain = make_app().client.simulate_post("/v1/embeddings", json=body).json["data"]
+    monkeypatch.setattr(memory, "throttles", lambda: True)  # the device: this machine has no GPU
+    app = make_app(max_inflight_bytes="64MiB")
+    try:
+        result = app.client.simulate_post("/v1/embeddings", json={**body, "keep_alive": "5m"})
+        assert result.json["data"] == plain
+        weights = app.runtime.cache.snapshot()[0].size_bytes
+        assert mx.get_memory_limit() == weights + 64 * 2**20
+        health = app.client.simulate_get("/health").json["memory"]
+        assert 0 <= health["inflight_bytes"] <= health["active_bytes"]
+        assert app.client.simulate_post("/v1/embeddings", json=body).status_code == 200  # keep_alive 0
+        wait_for(lambda: mx.get_memory_limit() == 64 * 2**20)  # unloaded: the bound alone
+        app.runtime.close()
+        assert mx.get_memory_limit() == configured  # closed: the limit as configured
+    finally:
+        mx.set_memory_limit(configured)
 
 
 @pytest.mark.process

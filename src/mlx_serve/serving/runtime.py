@@ -550,6 +550,8 @@ class Runtime:
         """Let queued and running work finish, then stop the inference thread."""
         self.cache.close()
         self.scheduler.close()
+        if self.throttled:
+            memory.throttle(self.memory_limit, 0, None)  # the limit as configured
 
 
 class Releasing:
