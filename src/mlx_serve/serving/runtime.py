@@ -280,6 +280,7 @@ class Runtime:
                     entry.name, entry.path, type=entry.type, dtype="float32", instruction=instruction
                 )
                 log.warning("float32_copy_loaded", model=entry.name, bytes=model.widened.nbytes())
+                self._wire()  # the copy is resident too
             return model.widened
 
         return widened
@@ -293,9 +294,12 @@ class Runtime:
         activations within the bound above them (memory.throttle)."""
         loaded = sum(m.size_bytes for m in self.cache.snapshot()) + loading
         memory.set_wired(self.settings.mlx_wired_limit, loaded)
-        self.loaded_bytes = loaded
         if self.throttled:
+            # What MLX holds now if more (a float32 copy beside a model, arrays not yet collected): a limit
+            # below the resident memory would make MLX wait after every kernel.
+            loaded = max(loaded, memory.usage().active)
             memory.throttle(self.memory_limit, loaded, self.inflight_bound)
+        self.loaded_bytes = loaded
 
     def _inflight(self) -> int:
         """The activations on the device now: on a GPU what MLX holds beyond the weights, on a CPU the
