@@ -263,7 +263,8 @@ class BatchRunner:
 
         Batches run back to back: the next batch's arrays are built and queued (mx.async_eval) before the
         previous one's results are read, so a GPU never waits for Python between batches. With
-        `max_bytes`, the two in flight stay within it (each batch within half)."""
+        `max_bytes` (on a CPU; a GPU is held to its bound by MLX's memory limit, serving/memory.throttles), the two
+        in flight stay within it (each batch within half)."""
         fits = None
         if max_bytes is not None and sum(len(s) for s in seqs) > SMALL_RUN:
             width = max(len(s) for s in seqs)
