@@ -43,6 +43,25 @@ def test_an_overflowing_model_gives_the_reference_vectors_in_every_dtype(make_ap
     assert (recomputed or 0) == (len(TEXTS) if dtype == "float16" else 0)
 
 
+def test_on_a_gpu_the_float32_copy_counts_in_the_memory_limit(make_app, overflowing, monkeypatch) -> None:
+    """Where the in-flight bound is MLX's memory limit (a GPU), the float32 copy an overflowing model keeps
+    beside it is resident memory too: a limit that left it out would sit below what MLX holds, and MLX
+    would wait for the device after every kernel."""
+    import mlx.core as mx
+
+    from mlx_serve.serving import memory
+
+    configured = mx.get_memory_limit()
+    monkeypatch.setattr(memory, "throttles", lambda: True)  # the device: this machine has no GPU
+    app = make_app(models={"big": overflowing[0]}, dtype="float16", max_inflight_bytes="64MiB")
+    try:
+        assert app.client.simulate_post("/v1/embeddings", json={"model": "big", "input": TEXTS}).status_code == 200
+        half = app.runtime.cache.snapshot()[0].size_bytes
+        assert mx.get_memory_limit() == half + 2 * half + 64 * 2**20  # float16 weights, their float32 copy, the bound
+    finally:
+        mx.set_memory_limit(configured)
+
+
 def poisoned(minilm_dir: Path, dest: Path, value: float) -> Path:
     """MiniLM with one weight NaN (or inf): no dtype can give a finite vector."""
     shutil.copytree(minilm_dir, dest)

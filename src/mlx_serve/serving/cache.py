@@ -221,6 +221,16 @@ class ModelCache:
     def loaded(self) -> list[str]:
         return sorted({m.name for m in self.snapshot()})
 
+    def resident_bytes(self) -> int:
+        """The weights of the loaded models, with the float32 copy a model that overflowed keeps beside it."""
+        with self._cond:
+            total = 0
+            for slot in self._slots():
+                if slot.model is not None:
+                    widened = getattr(slot.model, "widened", None)
+                    total += slot.nbytes + (widened.nbytes() if widened is not None else 0)
+            return total
+
     def ready(self, slot: Slot) -> CachedModel | None:
         """The model of a leased slot if it is loaded (a cache hit), else None: load it on the inference
         thread then. A leased model cannot be unloaded, so the answer stays true for the lease."""

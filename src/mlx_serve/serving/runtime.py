@@ -280,7 +280,8 @@ class Runtime:
                     entry.name, entry.path, type=entry.type, dtype="float32", instruction=instruction
                 )
                 log.warning("float32_copy_loaded", model=entry.name, bytes=model.widened.nbytes())
-                self._wire()  # the copy is resident too
+                self._wire()  # the copy is resident too: a limit below the resident memory would make MLX wait
+                # after every kernel
             return model.widened
 
         return widened
@@ -292,12 +293,9 @@ class Runtime:
     def _wire(self, loading: int = 0) -> None:
         """Keep the loaded weights wired on Metal (see memory.wired_target), and on a GPU hold the
         activations within the bound above them (memory.throttle)."""
-        loaded = sum(m.size_bytes for m in self.cache.snapshot()) + loading
+        loaded = self.cache.resident_bytes() + loading
         memory.set_wired(self.settings.mlx_wired_limit, loaded)
         if self.throttled:
-            # What MLX holds now if more (a float32 copy beside a model, arrays not yet collected): a limit
-            # below the resident memory would make MLX wait after every kernel.
-            loaded = max(loaded, memory.usage().active)
             memory.throttle(self.memory_limit, loaded, self.inflight_bound)
         self.loaded_bytes = loaded
 
