@@ -52,11 +52,22 @@ def test_on_a_gpu_the_bound_is_mlx_memory_limit_above_the_loaded_weights(make_ap
     plain = make_app().client.simulate_post("/v1/embeddings", json=body).json["data"]
     monkeypatch.setattr(memory, "throttles", lambda: True)  # the device: this machine has no GPU
     app = make_app(max_inflight_bytes="64MiB")
+    from mlx_serve.serving import runtime
+
+    real_load, while_loading = runtime.load_model, []
+
+    def load_model(*args, **kwargs):  # the real load; the limit it runs under is noted
+        while_loading.append(mx.get_memory_limit())
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(runtime, "load_model", load_model)
     try:
         result = app.client.simulate_post("/v1/embeddings", json={**body, "keep_alive": "5m"})
         assert result.json["data"] == plain
         weights = app.runtime.cache.snapshot()[0].size_bytes
         assert mx.get_memory_limit() == weights + 64 * 2**20
+        on_disk = sum(f.stat().st_size for f in app.runtime.entry(MINILM).path.rglob("*.safetensors"))
+        assert while_loading[0] == on_disk + 64 * 2**20  # the weights count while they are read
         health = app.client.simulate_get("/health").json["memory"]
         assert 0 <= health["inflight_bytes"] <= health["active_bytes"]
         assert app.client.simulate_post("/v1/embeddings", json=body).status_code == 200  # keep_alive 0

@@ -235,6 +235,9 @@ class Runtime:
     # -- on the inference thread ----------------------------------------------------------------
     def _load(self, entry: ModelEntry) -> Any:
         instruction = self.settings.model_instructions.get(entry.name)
+        # Its weights on disk count from the start: under a limit set for the models loaded before, MLX
+        # would wait for the device after each of this model's arrays as it reads them.
+        self._wire(sum(f.stat().st_size for f in entry.path.rglob("*.safetensors")))
         try:
             model = load_model(
                 entry.name, entry.path, type=entry.type, dtype=self.settings.dtype, instruction=instruction
