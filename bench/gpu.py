@@ -13,8 +13,9 @@ into a store as a user would. Measured, 16 clients x 32 texts x ~150 tokens unle
 
 - the peak under a burst with max_inflight_bytes (auto) and without (0), and the first pass of varied
   lengths with warm_shapes and without, in the same run (`memory`);
+- in-process, the bound kept by splitting batches against MLX's memory limit, and neither (`bound`);
 
-Usage: python3 bench/gpu.py build|engine|server|memory|peers|all [--dir DIR] [--out FILE] [--quick]
+Usage: python3 bench/gpu.py build|engine|server|memory|bound|peers|all [--dir DIR] [--out FILE] [--quick]
 """
 
 from __future__ import annotations
@@ -626,9 +627,45 @@ def memory(home: Path, quick: bool) -> None:
         load.close()
 
 
+def bound(home: Path, quick: bool) -> None:
+    """Two ways to keep the in-flight bound, in-process on 512 texts (16 x 32): none; batches split to fit
+    it by their measured cost (what a CPU does); MLX's memory limit at the weights plus the bound, which
+    MLX's evaluation waits on (what a GPU does: serving/memory.throttles). Tokens/s and the peak above
+    the weights, and the measured cost of a token (on a GPU MLX encodes ahead of the device, so that cost
+    holds every layer's activations)."""
+    import mlx.core as mx
+
+    from mlx_serve.engine import load_model
+    from mlx_serve.serving import memory
+
+    configured = mx.get_memory_limit()
+    budget = memory.inflight_budget(None)
+    n = 64 if quick else 512
+    for name, words in (("qwen3-emb", 30), ("minilm", 150)):
+        if not wanted(name):
+            continue
+        model = load_model(name, home / ".mlx-serve" / "models" / name, type="embedding")
+        runner, weights = model.runner, model.nbytes()
+        seqs = model.tokenize(texts_of(n, words, seed=1))
+        tokens = sum(len(s) for s in seqs)
+        for way in ("none", "split", "throttle"):
+            max_bytes = budget if way == "split" else None
+            memory.throttle(configured, weights, budget if way == "throttle" else None)
+            runner.run(seqs, 16384, None, max_bytes)  # shapes built, the cost measured
+            mx.reset_peak_memory()
+            seconds = timed(lambda r=runner, s=seqs, m=max_bytes: r.run(s, 16384, None, m), 5)
+            record("bound", f"{name} {way} tokens/s", round(tokens / seconds))
+            record("bound", f"{name} {way} peak above the weights GB", round((mx.get_peak_memory() - weights) / 1e9, 2))
+        if runner.cost is not None:
+            record("bound", f"{name} measured cost KB a token", round(runner.cost.base / 1e3, 1))
+        memory.throttle(configured, 0, None)
+        del model, runner
+        mx.clear_cache()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("what", choices=["build", "engine", "server", "memory", "peers", "all"])
+    parser.add_argument("what", choices=["build", "engine", "server", "memory", "bound", "peers", "all"])
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "mlx-serve-gpu")
     parser.add_argument("--minilm-files", type=Path, default=None, help="all-MiniLM-L6-v2's config and tokenizer")
     parser.add_argument("--out", type=Path, default=None)
@@ -658,6 +695,8 @@ def main() -> None:
                 server(home, args.quick)
             elif step == "memory":
                 memory(home, args.quick)
+            elif step == "bound":
+                bound(home, args.quick)
             else:  # in a process of its own: PyTorch never shares one with MLX
                 subprocess.run([sys.executable, __file__, "peers-inner", str(models), str(args.quick)], check=False)
                 peer_out = models.parent / "peers.json"
