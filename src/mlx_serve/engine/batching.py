@@ -45,6 +45,8 @@ ROW_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
 # A run of at most this many tokens is never bounded by bytes (nor measured for it): its activations are
 # small beside any bound, and measuring costs two batches.
 SMALL_RUN = 2048
+# Each batch within this share of a byte bound: a half lets two run back to back inside it.
+BATCH_SHARE = 0.5
 
 
 def bucket(value: int, buckets: Sequence[int]) -> int:
@@ -207,8 +209,6 @@ class BatchRunner:
         self.cost: TokenCost | None = None  # measured on the first run given max_bytes
         self.cost_width = 0  # the width it was measured at
         self.inflight_bytes = 0  # the estimated activations of the batches queued and not yet read
-        # Each batch within this share of max_bytes: a half lets two run back to back inside the bound.
-        self.batch_share = 0.5
 
     def measure(self, width: int, tokens: int = 512) -> TokenCost:
         """What a padded token costs this model's activations, from one batch of about `tokens` tokens at
@@ -248,7 +248,7 @@ class BatchRunner:
         if (
             max_bytes is not None
             and rows * width > SMALL_RUN
-            and (unknown or self.cost(rows, width) > max_bytes * self.batch_share)
+            and (unknown or self.cost(rows, width) > max_bytes * BATCH_SHARE)
         ):
             return False
         batch = [Seq([self.pad_id] * max(1, width - 1)) for _ in range(rows)]
@@ -280,7 +280,7 @@ class BatchRunner:
                     mx.clear_cache()
             if cost is not None:  # as _bytes counts a batch: its width arrives bucketed, its rows too
                 fits = lambda rows, width: (  # noqa: E731
-                    cost(bucket(rows, ROW_BUCKETS) if self.buckets else rows, width) <= max_bytes * self.batch_share
+                    cost(bucket(rows, ROW_BUCKETS) if self.buckets else rows, width) <= max_bytes * BATCH_SHARE
                 )
         batches = plan_batches([len(s) for s in seqs], max_batch_tokens, self.buckets, fits)
         sizes = {id(b): self._bytes(seqs, b) for b in batches}

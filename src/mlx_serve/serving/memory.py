@@ -103,12 +103,6 @@ def inflight_budget(setting: int | None) -> int | None:
     return max(INFLIGHT_FLOOR, min(INFLIGHT_CAP, mx.get_memory_limit() // 16))
 
 
-def current_limit() -> int:
-    import mlx.core as mx
-
-    return mx.get_memory_limit()
-
-
 def throttles() -> bool:
     """Whether the bound is kept as MLX's memory limit (`throttle`) rather than by splitting batches: on a
     GPU. There MLX encodes a batch's kernels ahead of the device, allocating each output as it encodes it

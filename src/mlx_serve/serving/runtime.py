@@ -90,7 +90,7 @@ class Runtime:
         self.inflight_bound = memory.inflight_budget(settings.max_inflight_bytes)
         self.throttled = memory.throttles()
         limits = metrics.memory.limits
-        self.memory_limit = limits.memory if limits is not None else memory.current_limit()
+        self.memory_limit = limits.memory if limits is not None else mx.get_memory_limit()
         self.loaded_bytes = 0
         self.scheduler = Scheduler(
             batch_tokens(settings.max_batch_tokens),
@@ -237,14 +237,14 @@ class Runtime:
         instruction = self.settings.model_instructions.get(entry.name)
         # Its weights on disk count from the start: under a limit set for the models loaded before, MLX
         # would wait for the device after each of this model's arrays as it reads them.
-        self._wire(sum(f.stat().st_size for f in entry.path.rglob("*.safetensors")))
+        self._set_limits(sum(f.stat().st_size for f in entry.path.rglob("*.safetensors")))
         try:
             model = load_model(
                 entry.name, entry.path, type=entry.type, dtype=self.settings.dtype, instruction=instruction
             )
         except UnsupportedModelError as exc:  # refused in one sentence, never served approximately
             raise InvalidRequest(str(exc), code="unsupported_model", param="model") from None
-        self._wire(model.nbytes())
+        self._set_limits(model.nbytes())
         self._warm(entry.name, model)
         return model
 
@@ -283,17 +283,17 @@ class Runtime:
                     entry.name, entry.path, type=entry.type, dtype="float32", instruction=instruction
                 )
                 log.warning("float32_copy_loaded", model=entry.name, bytes=model.widened.nbytes())
-                self._wire()  # the copy is resident too: a limit below the resident memory would make MLX wait
-                # after every kernel
+                # The copy is resident too: under a limit below the resident memory MLX would wait after every kernel.
+                self._set_limits()
             return model.widened
 
         return widened
 
     def _release(self) -> None:
         _release_memory()
-        self._wire()
+        self._set_limits()
 
-    def _wire(self, loading: int = 0) -> None:
+    def _set_limits(self, loading: int = 0) -> None:
         """Keep the loaded weights wired on Metal (see memory.wired_target), and on a GPU hold the
         activations within the bound above them (memory.throttle)."""
         loaded = self.cache.resident_bytes() + loading
