@@ -15,7 +15,9 @@ into a store as a user would. Measured, 16 clients x 32 texts x ~150 tokens unle
   lengths with warm_shapes and without, in the same run (`memory`);
 - in-process, the bound kept by splitting batches against MLX's memory limit, and neither (`bound`);
 
-Usage: python3 bench/gpu.py build|engine|server|memory|bound|peers|all [--dir DIR] [--out FILE] [--quick]
+- what building the shapes leaves resident (`residue`);
+
+Usage: python3 bench/gpu.py build|engine|server|memory|bound|residue|peers|all [--dir DIR] [--out FILE] [--quick]
 """
 
 from __future__ import annotations
@@ -557,7 +559,10 @@ def qwen3_reranker_peer(path: Path, device: str) -> None:
     record("peers", "qwen3-rr transformers fp16 model-card recipe pairs/s", round(len(seqs) / seconds))
 
 
-def memory(home: Path, quick: bool) -> None:
+MEMORY_CONFIGS = "0:false,auto:false,auto:true"  # max_inflight_bytes:warm_shapes, one server each
+
+
+def memory(home: Path, quick: bool, configs: str = MEMORY_CONFIGS) -> None:
     """The peak under a burst, bounded (max_inflight_bytes auto) and not (0: the code before the bound),
     in the same run: 16 clients x 32 texts, uniform then varied lengths; tokens/s (first pass and again), MLX's
     peak since start (/health) and nvidia-smi's highest reading while the burst runs; and the same with the
@@ -566,11 +571,11 @@ def memory(home: Path, quick: bool) -> None:
     rounds = 2 if quick else 8
     try:
         # Before both (no bound, shapes built on first sight), the bound alone, and the defaults.
-        configs = (("0", "false"), ("auto", "false"), ("auto", "true"))
+        pairs = [tuple(c.split(":")) for c in configs.split(",")]
         for name, words in (("qwen3-emb", 30), ("minilm", 150)):
             if not wanted(name):
                 continue
-            for setting, warm in configs:
+            for setting, warm in pairs:
                 env = {"MLX_SERVE_MAX_INFLIGHT_BYTES": setting, "MLX_SERVE_WARM_SHAPES": warm}
                 srv = Server(home, [name], env)
                 label = f"{name} max_inflight_bytes={setting} warm_shapes={warm}"
@@ -627,6 +632,47 @@ def memory(home: Path, quick: bool) -> None:
         load.close()
 
 
+def residue(home: Path) -> None:
+    """What building a model's shapes leaves resident: MLX's active memory and nvidia-smi's reading after
+    the load, after each width's shapes, and once the compiled head (and with it its traces) is dropped."""
+    import gc
+
+    import mlx.core as mx
+
+    from mlx_serve.engine import load_model
+
+    def show(name: str, stage: str) -> None:
+        gc.collect()
+        mx.synchronize()
+        smi = gpu_memory_mb(os.getpid())
+        record(
+            "residue",
+            f"{name} {stage}",
+            f"active {mx.get_active_memory() / 1e9:.3f} GB, cache "
+            f"{mx.get_cache_memory() / 1e9:.3f} GB, nvidia-smi {smi} MB",
+        )
+
+    for name in ("qwen3-emb", "minilm"):
+        if not wanted(name):
+            continue
+        model = load_model(name, home / ".mlx-serve" / "models" / name, type="embedding")
+        show(name, "loaded")
+        runner = model.runner
+        shapes = runner.shapes(16384, model.max_length)
+        for width in sorted({w for _, w in shapes}):
+            for rows, w in shapes:
+                if w == width:
+                    runner.warm(rows, w)
+            show(name, f"built to width {width}")
+        mx.clear_cache()
+        show(name, "cache cleared")
+        runner.head = None
+        show(name, "compiled head dropped")
+        del model, runner
+        mx.clear_cache()
+        show(name, "model dropped")
+
+
 def bound(home: Path, quick: bool) -> None:
     """Two ways to keep the in-flight bound, in-process on 512 texts (16 x 32): none; batches split to fit
     it by their measured cost (what a CPU does); MLX's memory limit at the weights plus the bound, which
@@ -665,12 +711,13 @@ def bound(home: Path, quick: bool) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("what", choices=["build", "engine", "server", "memory", "bound", "peers", "all"])
+    parser.add_argument("what", choices=["build", "engine", "server", "memory", "bound", "residue", "peers", "all"])
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "mlx-serve-gpu")
     parser.add_argument("--minilm-files", type=Path, default=None, help="all-MiniLM-L6-v2's config and tokenizer")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="fewer texts and rounds")
     parser.add_argument("--tiny", action="store_true", help="a two-layer Qwen3, to try the script on a CPU")
+    parser.add_argument("--configs", default=MEMORY_CONFIGS, help="memory: max_inflight_bytes:warm_shapes, ...")
     parser.add_argument("--only", default="", help="comma-separated models for build and memory (default: all)")
     args = parser.parse_args()
     ONLY.update(n for n in args.only.split(",") if n)
@@ -694,7 +741,9 @@ def main() -> None:
             elif step == "server":
                 server(home, args.quick)
             elif step == "memory":
-                memory(home, args.quick)
+                memory(home, args.quick, args.configs)
+            elif step == "residue":
+                residue(home)
             elif step == "bound":
                 bound(home, args.quick)
             else:  # in a process of its own: PyTorch never shares one with MLX
