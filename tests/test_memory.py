@@ -100,3 +100,22 @@ def test_metal_keeps_the_loaded_weights_wired_and_other_devices_nothing() -> Non
     assert wired_target(0, 600 * 2**20, mac) == 0  # none
     assert wired_target(None, 600 * 2**20, {"device_name": "cpu"}) is None  # CPU, CUDA: MLX wires nothing
     assert set_wired(None, 600 * 2**20) is None  # this machine (no Metal): left alone
+
+
+@pytest.mark.process
+def test_a_bert_model_loads_without_mlx_lm_or_transformers() -> None:
+    """mlx-lm brings transformers: some 2 s and 200 MB of a process that serves only BERT-family models
+    never needs them. They are imported for the first decoder model only."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from mlx_serve.engine import load_model\n"
+        "from mlx_serve.store.store import builtin_model_dir\n"
+        "model = load_model('m', builtin_model_dir(), type='embedding')\n"
+        "assert model.embed(['hello'], max_batch_tokens=4096).vectors.shape == (1, 384)\n"
+        "print(sorted(m for m in ('mlx_lm', 'transformers', 'torch') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -10,6 +10,7 @@ own outputs are garbage and never read: pooling takes each text's last real toke
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,12 @@ import mlx.core as mx
 import mlx.nn as nn
 
 
-def _import_mlx_lm_utils() -> Any:
-    """mlx_lm.utils, without what it does at import: `resource.setrlimit(RLIMIT_NOFILE, (2048, 4096))`,
-    which would lower the server's open-files limit (one per connection, process/server.py raises it to
-    8192), its hard limit for good."""
+@cache
+def _mlx_lm_utils() -> Any:
+    """mlx_lm.utils, imported on the first decoder model only (it brings transformers: some 2 s and 200 MB
+    that a server of BERT-family models never needs), and without what it does at import:
+    `resource.setrlimit(RLIMIT_NOFILE, (2048, 4096))`, which would lower the server's open-files limit (one
+    per connection, process/server.py raises it to 8192), its hard limit for good."""
     import resource
 
     real = resource.setrlimit
@@ -32,14 +35,11 @@ def _import_mlx_lm_utils() -> Any:
     return utils
 
 
-_mlx_lm = _import_mlx_lm_utils()
-_get_classes, load_model = _mlx_lm._get_classes, _mlx_lm.load_model
-
 
 def _classes_for_any_checkpoint(config: dict) -> tuple[type[nn.Module], type]:
     """mlx-lm's classes, accepting checkpoints saved without the `model.` prefix or without an LM head,
     as embedding checkpoints (saved from the bare transformer) are."""
-    model_cls, args_cls = _get_classes(config)
+    model_cls, args_cls = _mlx_lm_utils()._get_classes(config)
 
     class AnyCheckpoint(model_cls):  # type: ignore[misc, valid-type]
         def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
@@ -69,7 +69,7 @@ class DecoderStack:
         `overrides` correct config values mlx-lm would read otherwise (see gemma3.py)."""
         from mlx.utils import tree_flatten
 
-        model, config = load_model(
+        model, config = _mlx_lm_utils().load_model(
             model_dir, model_config=overrides or {}, get_model_classes=_classes_for_any_checkpoint
         )
         if not config.get("quantization"):
@@ -115,7 +115,8 @@ def stored_dtype(config: dict[str, Any]) -> mx.Dtype:
 def convert(staging: Path, config: dict[str, Any], type: str, quantize: int | None) -> dict[str, Any]:
     """A decoder checkpoint rewritten by mlx-lm (optionally quantized), as the engine loads it. An embedding
     model's LM head is dropped: embeddings never use it, and loading supplies a placeholder."""
-    from mlx_lm.utils import quantize_model, save_config, save_model
+    utils = _mlx_lm_utils()
+    quantize_model, save_config, save_model = utils.quantize_model, utils.save_config, utils.save_model
 
     stack = DecoderStack.load(staging, lambda stored: mx.float32 if quantize else stored_dtype(config))
     model, new_config = stack.model, dict(stack.config)
