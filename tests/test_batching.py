@@ -53,7 +53,7 @@ def test_bucketed_batches_give_the_same_vectors(embedder) -> None:
 
 
 def test_many_batches_back_to_back_keep_their_order(embedder) -> None:
-    seqs = embedder.tokenize(MINILM_TEXTS * 4)
+    seqs = embedder.tokenize([t for t in MINILM_TEXTS if len(t) < 100] * 4)
     small = embedder.runner.run(seqs, 64)  # one or two texts a batch: many batches in flight one after another
     alone = np.stack([embedder.runner.run([s], 4096)[0] for s in seqs])
     np.testing.assert_allclose(small, alone, atol=1e-5)
@@ -150,9 +150,12 @@ def test_max_bytes_bounds_the_peak_and_changes_no_vector(minilm_dir: Path) -> No
     assert model.runner.cost is not None and model.runner.inflight_bytes == 0  # nothing in flight after a run
 
 
-def test_a_sequence_over_the_bound_still_runs_alone(minilm_dir: Path) -> None:
+def test_a_sequence_over_the_bound_still_runs_alone(minilm_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlx_serve.engine import batching
+
+    monkeypatch.setattr(batching, "SMALL_RUN", 64)  # runs of a few texts are bounded too
     model = load_embedder("all-MiniLM-L6-v2", minilm_dir)
-    seqs = model.tokenize(["word " * 300] * 9 + ["short"])  # over SMALL_RUN tokens: bounded
+    seqs = model.tokenize(["word " * 40] * 3 + ["short"])
     out = model.run(seqs, 16384, None, 1)  # one byte: every batch is over it
     np.testing.assert_allclose(out, model.run(seqs, 16384), atol=1e-5)
 
@@ -188,13 +191,16 @@ def test_warmed_shapes_leave_nothing_to_build_for_varied_lengths(embedder) -> No
     assert len(traces) > built
 
 
-def test_a_shape_beyond_the_byte_bound_is_not_warmed(embedder) -> None:
+def test_a_shape_beyond_the_byte_bound_is_not_warmed(embedder, monkeypatch: pytest.MonkeyPatch) -> None:
     """Under a byte bound, warming builds a large shape only once its cost is known (warming never measures:
     that takes what a request so long takes) and only if a run could launch it."""
+    from mlx_serve.engine import batching
+
+    monkeypatch.setattr(batching, "SMALL_RUN", 256)  # smaller shapes than a server's, the same rules
     runner = BatchRunner(embedder._head, 0, "right", embedder.streams[:1], buckets=True, compiled=False)
-    assert not runner.warm(64, 64, max_bytes=10**12)  # its cost is not known yet
+    assert not runner.warm(16, 32, max_bytes=10**12)  # its cost is not known yet
     assert runner.cost is None  # and nothing was measured to find out
     assert runner.warm(8, 32, max_bytes=1024)  # a small shape needs no cost: runs this small are never bounded
-    runner.measure(64)
-    assert not runner.warm(64, 64, max_bytes=1024)  # a run would split such a batch: never built
-    assert runner.warm(64, 64, max_bytes=10**12)
+    runner.measure(32, tokens=256)
+    assert not runner.warm(16, 32, max_bytes=1024)  # a run would split such a batch: never built
+    assert runner.warm(16, 32, max_bytes=10**12)

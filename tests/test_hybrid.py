@@ -144,9 +144,10 @@ def test_bge_m3_gives_dense_sparse_and_multivector_in_one_call_as_flagembedding(
         expected = np.zeros(300, np.float32)
         for token, weight in weights.items():
             expected[int(token)] = weight
-        # The head's weights are relu(h . w + b) of hidden states of norm ~1, whose rounding in half
-        # precision does not shrink with the tiny weights this random model gives: relative to 1.
-        assert_sparse_equal(item["sparse_embedding"], expected, dtype, scale=1.0 if dtype != "float32" else None)
+        # The head's weights are relu(h . w + b) of hidden states of norm ~1, whose rounding does not shrink
+        # with the tiny weights (under 1e-3) this random model gives: relative to 1 in half precision, and
+        # within 2e-6 in float32 (where PyTorch's and MLX's sums were seen 2.4e-7 apart).
+        assert_sparse_equal(item["sparse_embedding"], expected, dtype, scale=1.0 if dtype != "float32" else 0.02)
         vectors = np.array(item["multi_vector"], dtype=np.float32)
         assert vectors.shape == reference["colbert_vecs"][i].shape
         np.testing.assert_allclose(vectors, reference["colbert_vecs"][i], atol=TOLERANCE[dtype])

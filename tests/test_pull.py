@@ -297,7 +297,7 @@ def test_api_delete_waits_for_a_running_request(app) -> None:
         target=lambda: deleting.setdefault("r", client.simulate_delete("/api/delete", json={"name": "emb"}))
     )
     delete.start()
-    delete.join(timeout=1.0)
+    delete.join(timeout=0.3)
     assert delete.is_alive(), "delete must wait for the in-flight request"
     assert (runtime.store.root / "emb").exists()
     release.set()
