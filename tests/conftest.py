@@ -67,6 +67,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
         torch.set_num_threads(1)
 
+
 MINILM = "all-MiniLM-L6-v2"
 # Texts that exercise the tokenizer and the encoder's edges, checked against sentence-transformers.
 MINILM_TEXTS = [

@@ -3,7 +3,8 @@ is checked at pull, and a folder that breaks one is refused in one sentence nami
 with nothing stored. Each case once crashed the worker (SIGSEGV), answered 200 with a wrong or NaN
 vector, or was stored and then failed every request with a 500.
 
-Reproduce any of them by hand: copy the packaged MiniLM, make the change below, `mlx-serve pull FOLDER`."""
+The cases run on a tiny BERT in all-MiniLM-L6-v2's layout (tests/tiny_models.bert). Reproduce any of them by
+hand: copy the packaged MiniLM, make the change below, `mlx-serve pull FOLDER`."""
 
 from __future__ import annotations
 
@@ -15,10 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
+from tokenizers import Tokenizer
 
 from mlx_serve.engine.verify import prepare
 from mlx_serve.store.pull import pull
 from mlx_serve.store.store import ModelStore, StoreError
+
+from . import tiny_models
 
 WEIGHTS = "model.safetensors"
 TABLE = "embeddings.word_embeddings.weight"
@@ -98,36 +102,45 @@ def malformed_tokenizer(folder: Path) -> None:
 LIES = {
     "a tokenizer with more ids than the table has rows": (
         lambda f: (edit_config(vocab_size=100)(f), edit_weights(cut_table(100))(f)),
-        "tokenizer.json has 30522 token ids, but the embedding table has 100 rows",
+        "tokenizer.json has {ids} token ids, but the embedding table has 100 rows",
     ),
-    "a table cut to 100 rows": (edit_weights(cut_table(100)), "vocab_size is 30522, but the embedding table has 100"),
+    "a table cut to 100 rows": (edit_weights(cut_table(100)), "vocab_size is 300, but the embedding table has 100"),
     "NaN weights": (edit_weights(poison(float("nan"))), "NaN or infinite outputs"),
     "inf weights": (edit_weights(poison(float("inf"))), "NaN or infinite outputs"),
     "3e38 weights": (edit_weights(poison(3e38)), "NaN or infinite outputs"),
-    "hidden_size 768 over 384-wide weights": (edit_config(hidden_size=768, num_attention_heads=12), "768"),
+    "hidden_size 64 over 32-wide weights": (edit_config(hidden_size=64), "64"),
     "truncated safetensors": (truncate, "model.safetensors"),
     "a 2^40 header length": (header_length(2**40), "model.safetensors's header says it is 1099511627776 bytes"),
     "a tensor claiming 100 billion rows": (claimed_rows(100_000_000_000), "model.safetensors"),
     "a malformed tokenizer.json": (malformed_tokenizer, "tokenizer.json cannot be read"),
-    "7 heads for 384 dims": (edit_config(num_attention_heads=7), "not divisible by num_attention_heads 7"),
-    "12 layers configured, 6 stored": (
-        edit_config(num_hidden_layers=12),
-        "num_hidden_layers is 12, but the weights hold 6",
+    "5 heads for 32 dims": (edit_config(num_attention_heads=5), "not divisible by num_attention_heads 5"),
+    "4 layers configured, 2 stored": (
+        edit_config(num_hidden_layers=4),
+        "num_hidden_layers is 4, but the weights hold 2",
     ),
-    'hidden_size "384"': (edit_config(hidden_size="384"), "hidden_size is '384', not a whole number"),
+    'hidden_size "32"': (edit_config(hidden_size="32"), "hidden_size is '32', not a whole number"),
     "a false max_position_embeddings": (
         edit_config(max_position_embeddings=4096),
-        "max_position_embeddings is 4096, but the position table has 512 rows",
+        "max_position_embeddings is 4096, but the position table has 128 rows",
     ),
-    "6 layers configured, 3 stored": (edit_weights(drop_layers(3)), "num_hidden_layers is 6, but the weights hold 3"),
+    "2 layers configured, 1 stored": (edit_weights(drop_layers(1)), "num_hidden_layers is 2, but the weights hold 1"),
 }
 
 
+@pytest.fixture(scope="module")
+def honest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tiny_models.bert(tmp_path_factory.mktemp("honest") / "bert", seed=3)
+    store = ModelStore(folder.parent / "models")
+    assert pull(store, str(folder), name="honest", prepare=prepare)[0].name == "honest"  # the folder before a lie
+    return folder
+
+
 @pytest.mark.parametrize("lie", list(LIES))
-def test_a_folder_that_lies_is_refused_naming_the_file_and_field(lie: str, minilm_dir: Path, tmp_path: Path) -> None:
+def test_a_folder_that_lies_is_refused_naming_the_file_and_field(lie: str, honest: Path, tmp_path: Path) -> None:
     edit, words = LIES[lie]
+    words = words.format(ids=Tokenizer.from_file(str(honest / "tokenizer.json")).get_vocab_size())
     folder = tmp_path / "liar"
-    shutil.copytree(minilm_dir, folder)
+    shutil.copytree(honest, folder)
     edit(folder)
     store = ModelStore(tmp_path / "models")
     with pytest.raises(StoreError) as refused:

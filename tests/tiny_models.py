@@ -326,6 +326,27 @@ def embedding_gemma(path: Path, seed: int = 0) -> Path:
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
+def bert(path: Path, seed: int = 0) -> Path:
+    """A BertModel in all-MiniLM-L6-v2's layout (mean pooling, Normalize) at a fraction of its size:
+    vocabulary 300, 32 wide, 2 layers of 4 heads, 128 positions."""
+    from transformers import BertConfig, BertModel
+
+    path.mkdir(parents=True, exist_ok=True)
+    wordpiece_tokenizer(path, BERT_SPECIALS, "[CLS] $A [SEP]", "[CLS] $A [SEP] $B:1 [SEP]:1", 128)
+    config = BertConfig(
+        vocab_size=300,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        pad_token_id=0,
+    )
+    _randomized(BertModel(config), seed).save_pretrained(path, safe_serialization=True)
+    sentence_transformers_files(path, 32, "mean", max_seq_length=128)
+    return path
+
+
 def modernbert(path: Path, kind: str, seed: int = 0) -> Path:
     """kind: "embedding" (a ModernBertModel with sentence-transformers files, CLS pooling like
     gte-modernbert-base) or "reranker" (ModernBertForSequenceClassification). Local layers see 2 tokens
@@ -355,9 +376,6 @@ def modernbert(path: Path, kind: str, seed: int = 0) -> Path:
     if kind == "embedding":
         sentence_transformers_files(path, 32, "cls", max_seq_length=200)
     return path
-
-
-BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def splade(path: Path, seed: int = 0, pooling: str = "max", activation: str = "relu", legacy: bool = True) -> Path:
