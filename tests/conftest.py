@@ -27,6 +27,7 @@ import pytest
 from falcon import testing
 
 from mlx_serve import cpu
+from mlx_serve.engine.families import decoder
 from mlx_serve.engine.loader import stream_count
 from mlx_serve.http.app import create_app
 from mlx_serve.metrics import Metrics
@@ -46,7 +47,6 @@ FROZEN_IMPORTS = [
     "torch",
     "sentence_transformers",
     "schemathesis",
-    "mlx_lm.utils",
     *(
         f"transformers.models.{family}.modeling_{family}"
         for family in ("bert", "qwen3", "xlm_roberta", "mpnet", "gemma3", "modernbert")
@@ -59,6 +59,7 @@ def pytest_configure(config: pytest.Config) -> None:
         return  # the xdist controller runs no test
     for name in FROZEN_IMPORTS:
         importlib.import_module(name)
+    decoder._mlx_lm_utils()  # mlx-lm, as the server imports it: without lowering the open-files limit
     gc.collect()
     gc.freeze()
     if hasattr(config, "workerinput"):

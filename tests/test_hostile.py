@@ -625,7 +625,8 @@ def test_loading_the_decoder_families_keeps_the_open_files_limit() -> None:
         "import resource\n"
         "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (8192, hard))\n"
-        "import mlx_serve.engine.families.decoder\n"
+        "from mlx_serve.engine.families import decoder\n"
+        "decoder._mlx_lm_utils()\n"  # what the first decoder model loads
         "print(resource.getrlimit(resource.RLIMIT_NOFILE) == (8192, hard))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
