@@ -6,7 +6,6 @@ while other requests are served."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -62,9 +61,9 @@ def test_on_a_gpu_the_float32_copy_counts_in_the_memory_limit(make_app, overflow
         mx.set_memory_limit(configured)
 
 
-def poisoned(minilm_dir: Path, dest: Path, value: float) -> Path:
-    """MiniLM with one weight NaN (or inf): no dtype can give a finite vector."""
-    shutil.copytree(minilm_dir, dest)
+def poisoned(dest: Path, value: float) -> Path:
+    """A BERT in MiniLM's layout with one weight NaN (or inf): no dtype can give a finite vector."""
+    tiny_models.bert(dest, seed=4)
     weights_file = next(dest.glob("*.safetensors"))
     weights = load_file(weights_file)
     key = next(k for k in weights if "layer.0.output.dense.bias" in k)
@@ -74,10 +73,8 @@ def poisoned(minilm_dir: Path, dest: Path, value: float) -> Path:
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf])
-def test_non_finite_outputs_are_refused_in_each_routes_shape_and_others_are_served(
-    make_app, minilm_dir, tmp_path, value
-) -> None:
-    app = make_app(models={"bad": poisoned(minilm_dir, tmp_path / "bad", value)}, default_embedding_model=MINILM)
+def test_non_finite_outputs_are_refused_in_each_routes_shape_and_others_are_served(make_app, tmp_path, value) -> None:
+    app = make_app(models={"bad": poisoned(tmp_path / "bad", value)}, default_embedding_model=MINILM)
     client = app.client
     openai = client.simulate_post("/v1/embeddings", json={"model": "bad", "input": ["ok", "x"]})
     assert openai.status_code == 500 and openai.json["error"]["code"] == "numerical_overflow"
