@@ -19,14 +19,21 @@ from mlx_serve.engine.verify import prepare
 from mlx_serve.store.pull import pull
 from mlx_serve.store.store import InvalidNameError, ModelStore, StoreError, validate_name
 
+from . import tiny_models
 from .conftest import MINILM, wait_for
 
 
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT in all-MiniLM-L6-v2's layout: what is checked here is the files, not the model."""
+    return tiny_models.bert(tmp_path_factory.mktemp("bert") / "bert", seed=2)
+
+
 @pytest.fixture
-def folder(tmp_path: Path, minilm_dir: Path) -> Path:
-    """A copy of the packaged MiniLM in a folder of the user's."""
+def folder(tmp_path: Path, bert: Path) -> Path:
+    """A model in a folder of the user's."""
     path = tmp_path / "my-model"
-    shutil.copytree(minilm_dir, path)
+    shutil.copytree(bert, path)
     return path
 
 
@@ -257,13 +264,13 @@ def test_the_builtin_name_is_fine(store) -> None:
     assert validate_name(MINILM) == MINILM
 
 
-def test_a_folder_called_model_is_named_after_the_folder_above(store, minilm_dir: Path, tmp_path: Path) -> None:
+def test_a_folder_called_model_is_named_after_the_folder_above(store, bert: Path, tmp_path: Path) -> None:
     """Pulling `.../bge-m3/model` without --name stored a model called `model`; a Hugging Face cache
     snapshot would have been named after its commit hash."""
     from mlx_serve.store.pull import default_name
 
     folder = tmp_path / "my-minilm" / "model"
-    shutil.copytree(minilm_dir, folder)
+    shutil.copytree(bert, folder)
     entry, _ = pull(store, str(folder), prepare=prepare)
     assert entry.name == "my-minilm"
     snapshot = tmp_path / "hub" / "models--BAAI--bge-m3" / "snapshots" / ("0123456789abcdef" * 3)[:40]
