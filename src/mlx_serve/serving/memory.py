@@ -89,12 +89,15 @@ class Usage:
         return {"active_bytes": self.active, "cache_bytes": self.cache, "peak_bytes": self.peak}
 
 
-INFLIGHT_FLOOR, INFLIGHT_CAP = 512 * 2**20, 1536 * 2**20
+# 1.25 GiB: on an H100 under a burst, a cap of 1.5 GiB left nvidia-smi at Qwen3-0.6B's weights plus 3.26 GB
+# (MLX overshoots its limit by a few kernels, and CUDA holds its own beside); 1.25 GiB, plus 2.91 GB at 95%
+# of the unbounded throughput (docs/performance.md).
+INFLIGHT_FLOOR, INFLIGHT_CAP = 512 * 2**20, 1280 * 2**20
 
 
 def inflight_budget(setting: int | None) -> int | None:
     """The bound on the batches' activations at once: the setting (0: none), or for auto a sixteenth of
-    MLX's memory limit, between 512 MiB and 1.5 GiB. On an H100 a Qwen3-0.6B server's peak was ten times
+    MLX's memory limit, between 512 MiB and 1.25 GiB. On an H100 a Qwen3-0.6B server's peak was ten times
     its weights under a burst; on a 16 GB Mac such a peak is the machine's memory."""
     import mlx.core as mx
 
