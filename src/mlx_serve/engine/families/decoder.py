@@ -35,7 +35,6 @@ def _mlx_lm_utils() -> Any:
     return utils
 
 
-
 def _classes_for_any_checkpoint(config: dict) -> tuple[type[nn.Module], type]:
     """mlx-lm's classes, accepting checkpoints saved without the `model.` prefix or without an LM head,
     as embedding checkpoints (saved from the bare transformer) are."""
