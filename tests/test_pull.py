@@ -267,6 +267,31 @@ def test_api_pull_streams_ndjson_progress(app, hub: FakeHub) -> None:
     assert once.json == {"status": "success"}
 
 
+def test_progress_counts_come_a_few_a_second_and_always_the_last() -> None:
+    """A copy reports each MiB it copies: a 1 GB folder once streamed 1,000 lines. Counts are written at
+    most every 0.2 s per download; the first, the last and every change of status always are."""
+    import io
+
+    from mlx_serve.store.progress import LineWriter, Progress
+
+    now = [0.0]
+    out = io.BytesIO()
+    writer = LineWriter(out, clock=lambda: now[0])  # type: ignore[arg-type]
+    writer.progress(Progress("pulling manifest"))
+    for mib in range(1, 1001):  # a gigabyte copied in one second, a MiB a millisecond
+        now[0] += 0.001
+        writer.progress(Progress("copying", mib * 2**20, 1000 * 2**20))
+        if mib == 500:  # a second file of another size, at the same time
+            writer.progress(Progress("copying", 10, 100))
+    writer.progress(Progress("converting"))
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    counts = [line["completed"] for line in lines if line.get("total") == 1000 * 2**20]
+    assert counts[0] == 2**20 and counts[-1] == 1000 * 2**20  # the first and the last
+    assert 5 <= len(counts) <= 7  # one every 0.2 s of the second
+    assert {"status": "copying", "completed": 10, "total": 100} in lines  # another file's count is its own
+    assert lines[0] == {"status": "pulling manifest"} and lines[-1] == {"status": "converting"}
+
+
 def test_api_show_tags_and_models(app) -> None:
     client = app.client
     shown = client.simulate_post("/api/show", json={"name": "emb"}).json

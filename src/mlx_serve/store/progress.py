@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -51,11 +53,18 @@ def error_of(line: bytes) -> str | None:
 
 class LineWriter:
     """Writes whole lines from any thread: huggingface_hub downloads files on several threads at once, and
-    two unlocked writes could interleave into one unreadable line."""
+    two unlocked writes could interleave into one unreadable line.
 
-    def __init__(self, stream: BinaryIO) -> None:
+    A download's or a copy's byte counts are written at most every `interval` seconds (a copy counts each
+    MiB: a thousand lines a gigabyte for a client to parse); its first and last counts, and every other
+    line, are always written."""
+
+    def __init__(self, stream: BinaryIO, interval: float = 0.2, clock: Callable[[], float] = time.monotonic) -> None:
         self._stream = stream
         self._lock = threading.Lock()
+        self._interval = interval
+        self._clock = clock
+        self._written: dict[tuple[str, int], float] = {}  # (status, total) -> when its count was last written
 
     def write(self, line: bytes) -> None:
         with self._lock:
@@ -63,6 +72,13 @@ class LineWriter:
             self._stream.flush()
 
     def progress(self, progress: Progress) -> None:
+        if progress.total is not None and (progress.completed or 0) < progress.total:
+            key, now = (progress.status, progress.total), self._clock()
+            with self._lock:
+                last = self._written.get(key)
+                if last is not None and now - last < self._interval:
+                    return
+                self._written[key] = now
         self.write(encode(progress))
 
     def error(self, message: str) -> None:
