@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 CORPUS = [
     "The capital of China is Beijing.",
@@ -98,7 +99,7 @@ def bert_cross_encoder(
     """A BertForSequenceClassification with one label (a cross-encoder), or with `labels` (a classifier;
     `problem_type` "multi_label_classification" for sigmoids), and a WordPiece tokenizer that encodes pairs."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import BertForSequenceClassification
 
     path.mkdir(parents=True, exist_ok=True)
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
@@ -111,16 +112,7 @@ def bert_cross_encoder(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
     )
     tok.save(str(path / "tokenizer.json"))
-    config = BertConfig(
-        vocab_size=tok.get_vocab_size(),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        num_labels=len(labels) or 1,
-        pad_token_id=0,
-    )
+    config = tiny_bert_config(vocab_size=tok.get_vocab_size(), num_labels=len(labels) or 1)
     if labels:
         config.id2label = dict(enumerate(labels))
         config.label2id = {label: i for i, label in enumerate(labels)}
@@ -129,6 +121,23 @@ def bert_cross_encoder(
     model = _randomized(BertForSequenceClassification(config), seed)
     model.save_pretrained(path, safe_serialization=True)
     return path
+
+
+def tiny_bert_config(**overrides: Any) -> Any:
+    """The BERT every tiny BERT-family model here has: vocabulary 300, 32 wide, 2 layers of 4 heads, 128
+    positions."""
+    from transformers import BertConfig
+
+    base = {
+        "vocab_size": 300,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+        "max_position_embeddings": 128,
+        "pad_token_id": 0,
+    }
+    return BertConfig(**{**base, **overrides})
 
 
 def _randomized(model, seed: int):
@@ -329,19 +338,11 @@ BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 def bert(path: Path, seed: int = 0) -> Path:
     """A BertModel in all-MiniLM-L6-v2's layout (mean pooling, Normalize) at a fraction of its size:
     vocabulary 300, 32 wide, 2 layers of 4 heads, 128 positions."""
-    from transformers import BertConfig, BertModel
+    from transformers import BertModel
 
     path.mkdir(parents=True, exist_ok=True)
     wordpiece_tokenizer(path, BERT_SPECIALS, "[CLS] $A [SEP]", "[CLS] $A [SEP] $B:1 [SEP]:1", 128)
-    config = BertConfig(
-        vocab_size=300,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        pad_token_id=0,
-    )
+    config = tiny_bert_config()
     _randomized(BertModel(config), seed).save_pretrained(path, safe_serialization=True)
     sentence_transformers_files(path, 32, "mean", max_seq_length=128)
     return path
@@ -384,20 +385,12 @@ def splade(path: Path, seed: int = 0, pooling: str = "max", activation: str = "r
     module, else the newer Transformer with transformer_task fill-mask. Query and document prompts."""
     from sentence_transformers import SparseEncoder
     from sentence_transformers.sparse_encoder.modules import MLMTransformer, SpladePooling
-    from transformers import BertConfig, BertForMaskedLM
+    from transformers import BertForMaskedLM
 
     source = path.with_name(path.name + "-mlm")
     source.mkdir(parents=True, exist_ok=True)
     wordpiece_tokenizer(source, BERT_SPECIALS, "[CLS] $A [SEP]", "[CLS] $A [SEP] $B:1 [SEP]:1", 128)
-    config = BertConfig(
-        vocab_size=300,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        pad_token_id=0,
-    )
+    config = tiny_bert_config()
     _randomized(BertForMaskedLM(config), seed).save_pretrained(source)
     if legacy:
         transformer = MLMTransformer(str(source))
