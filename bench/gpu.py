@@ -14,8 +14,7 @@ into a store as a user would. Measured, 16 clients x 32 texts x ~150 tokens unle
 - the peak under a burst with max_inflight_bytes (auto) and without (0), and the first pass of varied
   lengths with warm_shapes and without, in the same run (`memory`);
 - in-process, the bound kept by splitting batches against MLX's memory limit, and neither (`bound`);
-
-- what building the shapes leaves resident (`residue`);
+- what building the shapes leaves resident (`residue`).
 
 Usage: python3 bench/gpu.py build|engine|server|memory|bound|residue|peers|all [--dir DIR] [--out FILE] [--quick]
 """
